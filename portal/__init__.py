@@ -1,0 +1,1 @@
+"""Patient self-service privacy portal."""
