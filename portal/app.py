@@ -1,0 +1,125 @@
+"""create_app(): the one place the web application is assembled."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Litestar
+from litestar.config.csrf import CSRFConfig
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp
+
+from portal.container import Portal, build_portal
+from portal.logging import RequestLogMiddleware, configure_logging
+from portal.security.csrf import CSRF_COOKIE, CSRF_HEADER
+from portal.security.gate import RequestGateMiddleware
+from portal.security.guards import Rule, access, enforce_access
+from portal.security.headers import security_headers_hook
+from portal.security.sessions import SessionMiddleware
+from portal.settings import Settings, SettingsError
+from portal.web import health, pages, session_routes
+from portal.web.errors import http_exception_handler, internal_error_handler
+from workers.embedded import EmbeddedWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+HTMX_FILE = "htmx-2.0.11.min.js"
+
+
+def create_app(settings: Settings | None = None, portal: Portal | None = None) -> Litestar:
+    """Build the web application from settings; refuses unsafe production settings."""
+    settings = settings or Settings.from_env()
+    problems = settings.problems()
+    if problems:
+        raise SettingsError("refusing to start: " + "; ".join(problems))
+    configure_logging(settings.log_level, json=settings.log_json)
+    portal = portal or build_portal(settings)
+
+    app = Litestar(
+        route_handlers=[
+            pages.home,
+            health.healthz,
+            health.readyz,
+            session_routes.sign_out,
+            create_static_files_router(
+                path="/static", directories=[STATIC], opt=access(Rule.public), include_in_schema=False
+            ),
+        ],
+        dependencies={"portal": Provide(lambda: portal, sync_to_thread=False, use_cache=True)},
+        template_config=TemplateConfig(instance=_template_engine(settings)),
+        csrf_config=CSRFConfig(
+            secret=portal.secret,
+            cookie_name=CSRF_COOKIE,
+            header_name=CSRF_HEADER,
+            cookie_secure=True,
+            cookie_httponly=True,
+            cookie_samesite="strict",
+            exclude=["/api/v1/"],
+        ),
+        middleware=[DefineMiddleware(SessionMiddleware, sessions=portal.sessions)],
+        guards=[enforce_access],
+        before_send=[security_headers_hook(settings)],
+        exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
+        request_max_body_size=settings.max_body_bytes,
+        lifespan=[_background_work(portal)],
+        openapi_config=None,
+        debug=False,
+    )
+    app.state.portal = portal
+    # Outermost wrappers (inside before_send): they see every request, matched or not.
+    app.asgi_handler = _wrap_outer(app.asgi_handler, settings)
+    return app
+
+
+def _wrap_outer(handler: ASGIApp, settings: Settings) -> ASGIApp:
+    checked = RequestGateMiddleware(
+        handler, allowed_hosts=settings.allowed_hosts, max_body_bytes=settings.max_body_bytes
+    )
+    logged: ASGIApp = RequestLogMiddleware(checked)
+    return logged
+
+
+def _template_engine(settings: Settings) -> JinjaTemplateEngine:
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.globals.update(
+        portal_name=settings.controller_name,
+        privacy_contact=settings.mail_from,
+        htmx_file=HTMX_FILE,
+        active=None,
+    )
+    return JinjaTemplateEngine.from_environment(environment)
+
+
+def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Embedded mode runs Dramatiq worker threads and the watchdog inside the web process."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        broker = portal.connect_broker()
+        worker = None
+        if portal.settings.uses_memory_broker:
+            worker = EmbeddedWorker(
+                broker, portal.jobs, portal.settings.worker_threads, portal.settings.watchdog_interval_seconds
+            )
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    return lifespan
