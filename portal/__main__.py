@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from portal import migrate
 from portal.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from portal.container import Portal
 
 
 def _settings() -> Settings:
@@ -33,7 +38,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-def run(host: str, port: int) -> None:
+@click.option("--demo", is_flag=True, help="Seed a synthetic demo population (once) and print how to use it.")
+def run(host: str, port: int, demo: bool) -> None:
     """Start the web portal (embedded mode: SQLite, in-process worker, generated keys)."""
     import uvicorn
 
@@ -48,6 +54,11 @@ def run(host: str, port: int) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     portal = build_portal(settings)
     _migrate_or_refuse(settings)
+    if demo:
+        from portal.demo import seed_demo
+
+        for line in seed_demo(portal):
+            click.echo(line)
     app = create_app(settings, portal)
     click.echo(f"Portal running at {settings.origin}/ (listening on {host}:{port}); press Ctrl+C to stop.")
     uvicorn.run(
@@ -66,16 +77,19 @@ def run(host: str, port: int) -> None:
 def _migrate_or_refuse(settings: Settings) -> None:
     """Embedded mode migrates by itself; production must run ``portal db upgrade`` deliberately."""
     if not settings.is_production:
-        migrate.upgrade(settings.database_url)
+        migrate.upgrade_all(settings.database_url, settings.keystore_url)
         return
     from portal.db import create_db_engine
 
-    engine = create_db_engine(settings.database_url)
-    try:
-        if not migrate.is_current(engine):
-            raise click.ClickException("the database is not at the latest migration; run `portal db upgrade`")
-    finally:
-        engine.dispose()
+    for url, schema in ((settings.database_url, migrate.Schema.main), (settings.keystore_url, migrate.Schema.keystore)):
+        engine = create_db_engine(url)
+        try:
+            if not migrate.is_current(engine, schema):
+                raise click.ClickException(
+                    f"the {schema.name} database is not at the latest migration; run `portal db upgrade`"
+                )
+        finally:
+            engine.dispose()
 
 
 @cli.command()
@@ -85,7 +99,6 @@ def worker(processes: int, threads: int) -> None:
     """Run Dramatiq worker processes for the scaled mode (PORTAL_BROKER_URL=redis://...)."""
     from portal.container import build_portal
     from portal.logging import configure_logging
-    from workers.embedded import Watchdog
 
     settings = _settings()
     if settings.uses_memory_broker:
@@ -93,7 +106,7 @@ def worker(processes: int, threads: int) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     portal = build_portal(settings)
     portal.connect_broker()
-    watchdog = Watchdog(portal.jobs, settings.watchdog_interval_seconds)
+    watchdog = portal.watchdog()
     watchdog.start()
     command = [
         sys.executable,
@@ -127,9 +140,11 @@ def db() -> None:
 @db.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
-    """Apply migrations up to REVISION (default: head)."""
-    migrate.upgrade(_settings().complete().database_url, revision)
-    click.echo(f"database upgraded to {revision}")
+    """Apply migrations up to REVISION (default: head) to the main database, and the key store to its head."""
+    settings = _settings()
+    migrate.upgrade(settings.database_url, revision)
+    migrate.upgrade(settings.keystore_url, schema=migrate.Schema.keystore)
+    click.echo(f"database upgraded to {revision}; key store upgraded to head")
 
 
 @db.command("downgrade")
@@ -153,6 +168,210 @@ def db_current() -> None:
     head = migrate.head_revision()
     state = "up to date" if current == head else f"behind (latest is {head})"
     click.echo(f"{current or 'empty'}: {state}")
+
+
+@db.command("grant-app-role")
+@click.argument("role")
+def db_grant_app_role(role: str) -> None:
+    """PostgreSQL: give ROLE the app's privileges (no UPDATE/DELETE on the audit ledger)."""
+    from portal.db import create_db_engine
+    from portal.dbroles import grant_app_role
+
+    engine = create_db_engine(_settings().database_url)
+    try:
+        grant_app_role(engine, role)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"granted application privileges to {role}; the ledger is append-only for it")
+
+
+def _portal() -> Portal:
+    """The portal's parts for a maintenance command (no web server, no broker)."""
+    from portal.container import build_portal
+    from portal.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return build_portal(settings)
+
+
+@cli.group()
+def records() -> None:
+    """The patient record store."""
+
+
+@records.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def records_import(path: Path) -> None:
+    """Import a FHIR Bundle (JSON, one patient) all or nothing."""
+    from portal.records.service import BundleRejectedError
+
+    try:
+        bundle = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path} is not JSON: {exc}") from None
+    portal = _portal()
+    try:
+        result = portal.records.import_bundle(bundle, actor="system:cli", role="system")
+    except BundleRejectedError as exc:
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        raise click.ClickException(f"bundle rejected with {len(exc.problems)} problem(s); nothing was stored") from None
+    finally:
+        portal.close()
+    verb = "created" if result.created_patient else "updated"
+    click.echo(
+        f"{verb} patient {result.patient_id}: {sum(result.counts.values())} resources "
+        f"({result.updated} replaced earlier versions)"
+    )
+
+
+@cli.group()
+def keys() -> None:
+    """The key store: key-encryption key rotation and data-key destruction."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Generate a new key-encryption key and re-wrap every data key under it (no downtime)."""
+    portal = _portal()
+    try:
+        kek_id, count = portal.keys.rotate_kek()
+    finally:
+        portal.close()
+    click.echo(f"key-encryption key rotated to {kek_id}; {count} data keys re-wrapped")
+
+
+@keys.command("retire")
+@click.argument("kek_id")
+def keys_retire(kek_id: str) -> None:
+    """Remove an old key-encryption key once every key is re-wrapped under the current one."""
+    portal = _portal()
+    try:
+        count = portal.keys.retire_kek(kek_id)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        portal.close()
+    click.echo(f"key-encryption key {kek_id} retired ({count} late keys re-wrapped first)")
+
+
+@keys.command("destroy")
+@click.option("--patient", "patient_id", required=True, help="The patient's id.")
+@click.option("--category", required=True, help="The data category, e.g. preferences.")
+@click.option("--reason", required=True, help="Why (recorded in the audit ledger).")
+def keys_destroy(patient_id: str, category: str, reason: str) -> None:
+    """Destroy one patient's key for one category: that data becomes unreadable everywhere, for good."""
+    from portal.audit.ledger import AuditEvent
+    from portal.records.categories import BY_CODE
+
+    if category not in BY_CODE:
+        raise click.ClickException(f"unknown category {category!r}; one of {', '.join(BY_CODE)}")
+    portal = _portal()
+    try:
+        destroyed = portal.keys.destroy(patient_id, category, reason=reason)
+        portal.ledger.record(
+            AuditEvent(
+                action="keys.destroy",
+                actor="system:cli",
+                role="system",
+                subject=patient_id,
+                object=f"category:{category}",
+                details={"versions": destroyed},
+            )
+        )
+    finally:
+        portal.close()
+    click.echo(f"destroyed {destroyed} key version(s) of {category} for patient {patient_id}")
+
+
+@cli.group()
+def audit() -> None:
+    """The tamper-evident audit ledger."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the Merkle tree, check every checkpoint, and name the first bad entry."""
+    portal = _portal()
+    try:
+        report = portal.ledger.verify()
+    finally:
+        portal.close()
+    for check in report.checks:
+        click.echo(f"ok: {check}")
+    for problem in report.problems:
+        click.echo(f"FAILED: {problem}", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo(f"ledger verified: {report.entries} entries, {report.checkpoints} checkpoints")
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of the ledger now and print it."""
+    portal = _portal()
+    try:
+        row = portal.ledger.checkpoint()
+        click.echo(row.note, nl=False)
+        click.echo(f"verifier key: {portal.ledger.verifier_key()}")
+    finally:
+        portal.close()
+
+
+@cli.group()
+def backup() -> None:
+    """Encrypted backups of the main database (the key store is never included)."""
+
+
+@backup.command("create")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive path.")
+def backup_create(output: Path | None) -> None:
+    """Write an encrypted, integrity-checked archive of the main database."""
+    from portal.backup import create_backup
+    from portal.db import utcnow
+
+    portal = _portal()
+    target = output or portal.settings.data_dir / "backups" / f"portal-{utcnow():%Y%m%dT%H%M%SZ}.backup"
+    try:
+        summary = create_backup(portal.db.engine, portal.keys.ring, target)
+    finally:
+        portal.close()
+    click.echo(f"backup written to {summary.path} ({sum(summary.rows.values())} rows, revision {summary.revision})")
+
+
+@backup.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def backup_check(path: Path) -> None:
+    """Decrypt and check an archive end to end without restoring it."""
+    from portal.backup import BackupError, read_summary
+
+    portal = _portal()
+    try:
+        summary = read_summary(path, portal.keys.ring)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        portal.close()
+    click.echo(f"archive intact: revision {summary['revision']}, {sum(summary['rows'].values())} rows")
+
+
+@backup.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def backup_restore(path: Path) -> None:
+    """Restore an archive into the configured (empty) database, then migrate it to the latest revision."""
+    from portal.backup import BackupError, restore_backup
+
+    portal = _portal()
+    try:
+        summary = restore_backup(portal.db.engine, portal.keys.ring, path)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        portal.close()
+    click.echo(f"restored {sum(summary.rows.values())} rows from {path}")
 
 
 def main() -> None:

@@ -112,9 +112,7 @@ def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContex
         broker = portal.connect_broker()
         worker = None
         if portal.settings.uses_memory_broker:
-            worker = EmbeddedWorker(
-                broker, portal.jobs, portal.settings.worker_threads, portal.settings.watchdog_interval_seconds
-            )
+            worker = EmbeddedWorker(broker, portal.watchdog(), portal.settings.worker_threads)
             worker.start()
         try:
             yield

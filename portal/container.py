@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 
+from portal.audit.ledger import Ledger
 from portal.datadir import instance_secret, prepare_data_dir
 from portal.db import Database
-from portal.jobs.service import JobRunner
+from portal.jobs.service import JobContext, JobRunner
+from portal.records.service import RecordStore
+from portal.security.crypto import EnvKekProvider, FileKekProvider, KekProvider
+from portal.security.keystore import KeyStore
 from portal.security.sessions import SessionService
 from portal.settings import Settings
 from workers.broker import create_broker, declare_job_actor
+from workers.embedded import Watchdog
+
+CHECKPOINT_JOB = "audit.checkpoint"
 
 
 @dataclass
 class Portal:
     settings: Settings
     db: Database
+    keystore_db: Database
+    keys: KeyStore
+    ledger: Ledger
+    records: RecordStore
     jobs: JobRunner
     sessions: SessionService
     secret: str
     broker: dramatiq.Broker | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def connect_broker(self) -> dramatiq.Broker:
         """Create the broker and the job actor; only processes that send or run jobs need it."""
@@ -32,19 +43,63 @@ class Portal:
             declare_job_actor(self.broker, self.jobs)
         return self.broker
 
+    def request_checkpoint(self, bucket: str) -> None:
+        """Queue a ledger checkpoint; the bucket (e.g. a time slot) makes repeated requests one job."""
+        with self.db.write() as session:
+            self.jobs.enqueue(session, CHECKPOINT_JOB, {}, idempotency_key=f"{CHECKPOINT_JOB}:{bucket}")
+
+    def watchdog(self) -> Watchdog:
+        """The watchdog with the portal's periodic tasks (ledger checkpoints, ...)."""
+        every = self.settings.checkpoint_interval_seconds
+
+        def checkpoint() -> None:
+            self.request_checkpoint(str(int(time.time() // every)))
+
+        return Watchdog(self.jobs, self.settings.watchdog_interval_seconds, periodic=[(every, checkpoint)])
+
     def close(self) -> None:
         if self.broker is not None:
             self.broker.close()
         self.db.dispose()
+        self.keystore_db.dispose()
+
+
+def kek_provider(settings: Settings) -> KekProvider:
+    if settings.kek:
+        return EnvKekProvider(settings.kek)
+    return FileKekProvider(settings.data_dir / "keys" / "kek.json")
 
 
 def build_portal(settings: Settings) -> Portal:
     prepare_data_dir(settings)
     db = Database.from_url(settings.database_url)
+    keystore_db = Database.from_url(settings.keystore_url)
+    keys = KeyStore(keystore_db, kek_provider(settings))
+    ledger = Ledger(db, keys.signing_key, settings.origin)
     jobs = JobRunner(
         db,
         lease_seconds=settings.job_lease_seconds,
         max_attempts=settings.job_max_attempts,
         resend_after_seconds=settings.job_resend_after_seconds,
     )
-    return Portal(settings=settings, db=db, jobs=jobs, sessions=SessionService(db), secret=instance_secret(settings))
+    portal = Portal(
+        settings=settings,
+        db=db,
+        keystore_db=keystore_db,
+        keys=keys,
+        ledger=ledger,
+        records=RecordStore(db, keys, ledger, settings.mrn_system),
+        jobs=jobs,
+        sessions=SessionService(db),
+        secret=instance_secret(settings),
+    )
+    _register_jobs(portal)
+    return portal
+
+
+def _register_jobs(portal: Portal) -> None:
+    def checkpoint(_ctx: JobContext) -> dict[str, Any]:
+        row = portal.ledger.checkpoint()
+        return {"tree_size": row.tree_size}
+
+    portal.jobs.register(CHECKPOINT_JOB, checkpoint)

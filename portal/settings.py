@@ -49,6 +49,8 @@ class Settings:
     smtp_url: str = ""
     mail_from: str = "privacy@portal.example"
     controller_name: str = "Example Health (synthetic demo)"
+    mrn_system: str = "urn:oid:2.16.840.1.113883.19.5"
+    checkpoint_interval_seconds: float = 300.0
     demo: bool = False
     # Derived values; not settable from the environment.
     resolved: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -164,6 +166,8 @@ _ENV_FIELDS: dict[str, type] = {
     "smtp_url": str,
     "mail_from": str,
     "controller_name": str,
+    "mrn_system": str,
+    "checkpoint_interval_seconds": float,
 }
 
 

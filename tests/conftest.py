@@ -77,7 +77,7 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> Se
 @pytest.fixture
 def portal(settings: Settings) -> Iterator[Portal]:
     built = build_portal(settings)
-    migrate.upgrade(settings.database_url)
+    migrate.upgrade_all(settings.database_url, settings.keystore_url)
     try:
         yield built
     finally:

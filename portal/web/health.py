@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Response, get
 
-from portal.migrate import is_current
+from portal.migrate import Schema, is_current
 from portal.security.guards import Rule, access
 from portal.web.deps import PortalDep
 from workers.broker import ping as ping_broker
@@ -23,6 +23,9 @@ def readyz(portal: PortalDep) -> Response[dict[str, Any]]:
     checks = {
         "database": _check(portal.db.ping),
         "migrations": _check(lambda: _require(is_current(portal.db.engine), "not at the latest migration")),
+        "keystore": _check(
+            lambda: _require(is_current(portal.keystore_db.engine, Schema.keystore), "not at the latest migration")
+        ),
         "broker": _check(lambda: ping_broker(portal.connect_broker())),
     }
     ready = all(value == "ok" for value in checks.values())

@@ -75,7 +75,10 @@ def test_internal_failure_is_a_friendly_500_without_trace(
 def test_readiness_reports_each_dependency(client: TestClient[Litestar]) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok", "broker": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok", "keystore": "ok", "broker": "ok"},
+    }
     assert client.get("/healthz").json() == {"status": "ok"}
 
 

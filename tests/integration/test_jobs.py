@@ -16,7 +16,7 @@ from portal.jobs.models import JobStatus
 from portal.jobs.service import JobContext
 from tests.conftest import FakeClock
 from workers.broker import create_broker, declare_job_actor
-from workers.embedded import EmbeddedWorker
+from workers.embedded import EmbeddedWorker, Watchdog
 
 
 class Recorder:
@@ -164,7 +164,7 @@ def test_embedded_dramatiq_worker_runs_jobs(portal: Portal) -> None:
     recorder = Recorder(fail_times=1)
     portal.jobs.register("test.record", recorder)
     broker = portal.connect_broker()
-    worker = EmbeddedWorker(broker, portal.jobs, threads=2, watchdog_interval=0.2)
+    worker = EmbeddedWorker(broker, Watchdog(portal.jobs, 0.2), threads=2)
     worker.start()
     try:
         job_id = _enqueue(portal)

@@ -1,0 +1,311 @@
+"""The append-only audit ledger: an RFC 9162 Merkle tree over canonical JSON entries.
+
+Entries hold no patient data: pseudonymous ids, actor, action, purpose, object, UTC time and
+hashes of payloads, so an erasure never breaks a proof. Each entry also carries the leaf hash of
+the one before it, so an edited, inserted, deleted or moved row is named exactly by
+``verify``; signed checkpoints (C2SP tlog-checkpoint, Ed25519) pin the whole history, so even a
+consistent rewrite of the tail is caught against a checkpoint a regulator kept.
+
+The database refuses UPDATE and DELETE on the ledger tables (triggers; see the migration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from portal.audit import merkle
+from portal.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string, verify_checkpoint
+from portal.db import Base, Database, UTCDateTime, utcnow
+
+ENTRY_VERSION = 1
+GENESIS = bytes(32)
+READ_BATCH = 50_000
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_subject_seq", "subject", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # Copies of entry fields for queries (a patient's security activity); verify checks them.
+    subject: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LedgerHead(Base):
+    """One row: the next sequence number and the last leaf hash. Locked by each append."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    last_leaf: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LedgerCheckpoint(Base):
+    __tablename__ = "ledger_checkpoints"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    # The compact range at this size, so the next checkpoint hashes only the new leaves.
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened, by whom, to what — never the patient data itself."""
+
+    action: str
+    actor: str
+    role: str | None = None
+    subject: str | None = None
+    object: str | None = None
+    purpose: str | None = None
+    outcome: str = "success"
+    details: Mapping[str, str | int | bool | None] = field(default_factory=dict)
+    payload: Any = None
+
+
+def payload_hash(payload: Any) -> str:
+    """SHA-256 of a payload's canonical JSON: proves what was done without keeping it."""
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def encode_entry(seq: int, when: datetime, prev: bytes, event: AuditEvent) -> bytes:
+    document: dict[str, Any] = {
+        "v": ENTRY_VERSION,
+        "seq": seq,
+        "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "prev": prev.hex(),
+        "action": event.action,
+        "actor": event.actor,
+        "role": event.role,
+        "subject": event.subject,
+        "object": event.object,
+        "purpose": event.purpose,
+        "outcome": event.outcome,
+        "details": dict(event.details),
+        "payload_sha256": payload_hash(event.payload) if event.payload is not None else None,
+    }
+    return canonical_json(document)
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Ledger:
+    """Owns the ledger tables: append, checkpoint, prove, verify."""
+
+    def __init__(
+        self,
+        db: Database,
+        signing_key: Callable[[], Ed25519PrivateKey],
+        origin: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self._signing_key = signing_key
+        self.origin = f"{urlsplit(origin).hostname or 'portal'}/audit-ledger"
+        self.clock = clock
+
+    # ------------------------------------------------------------------ appending
+
+    def append(self, session: Session, event: AuditEvent) -> int:
+        """Append one entry in the caller's transaction; returns its sequence number."""
+        return self.append_many(session, [event])[0]
+
+    def append_many(self, session: Session, events: Sequence[AuditEvent]) -> list[int]:
+        head = session.scalars(select(LedgerHead).where(LedgerHead.id == 1).with_for_update()).one_or_none()
+        if head is None:
+            head = LedgerHead(id=1, size=0, last_leaf=GENESIS)
+            session.add(head)
+        now = self.clock()
+        seqs: list[int] = []
+        prev = head.last_leaf
+        for event in events:
+            seq = head.size + len(seqs)
+            entry = encode_entry(seq, now, prev, event)
+            leaf = merkle.leaf_hash(entry)
+            session.add(
+                LedgerEntry(
+                    seq=seq, entry=entry, leaf_hash=leaf, subject=event.subject, action=event.action, created_at=now
+                )
+            )
+            seqs.append(seq)
+            prev = leaf
+        head.size += len(seqs)
+        head.last_leaf = prev
+        return seqs
+
+    def record(self, event: AuditEvent) -> int:
+        """Append in a transaction of its own (for events with no other state change)."""
+        with self.db.write() as session:
+            return self.append(session, event)
+
+    # ------------------------------------------------------------------ reading
+
+    def size(self) -> int:
+        with self.db.read() as session:
+            head = session.get(LedgerHead, 1)
+            return head.size if head else 0
+
+    def entries_for_subject(
+        self, subject: str, *, actions: Iterable[str] | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        query = select(LedgerEntry.entry).where(LedgerEntry.subject == subject)
+        if actions is not None:
+            query = query.where(LedgerEntry.action.in_(list(actions)))
+        with self.db.read() as session:
+            rows = session.scalars(query.order_by(LedgerEntry.seq.desc()).limit(limit)).all()
+        return [json.loads(row) for row in rows]
+
+    def leaf_hashes(self, tree_size: int | None = None, start: int = 0) -> list[bytes]:
+        return [leaf for _seq, leaf in self._rows(LedgerEntry.leaf_hash, start=start, end=tree_size)]
+
+    def _rows(self, *columns: Any, start: int = 0, end: int | None = None) -> Iterator[Any]:
+        """(seq, *columns) in sequence order, read in batches so a million rows stay cheap."""
+        last = start - 1
+        while True:
+            query = select(LedgerEntry.seq, *columns).where(LedgerEntry.seq > last)
+            if end is not None:
+                query = query.where(LedgerEntry.seq < end)
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(query.order_by(LedgerEntry.seq).limit(READ_BATCH)).all()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1][0]
+
+    # ------------------------------------------------------------------ checkpoints and proofs
+
+    def verifier_key(self) -> str:
+        return verifier_key_string(self.origin, self._signing_key().public_key())
+
+    def checkpoint(self) -> LedgerCheckpoint:
+        """Sign the current tree head (idempotent for an unchanged tree)."""
+        with self.db.read() as session:
+            latest = session.scalars(
+                select(LedgerCheckpoint).order_by(LedgerCheckpoint.tree_size.desc()).limit(1)
+            ).first()
+        tree = merkle.CompactRange.from_bytes(latest.frontier) if latest else merkle.CompactRange()
+        start = tree.size
+        size = self.size()
+        if latest is not None and latest.tree_size == size:
+            return latest
+        tree.extend(self.leaf_hashes(size, start=start))
+        now = self.clock()
+        body = Checkpoint(origin=self.origin, tree_size=size, root_hash=tree.root()).with_timestamp(now)
+        note = sign_checkpoint(body, self.origin, self._signing_key()).decode()
+        row = LedgerCheckpoint(
+            tree_size=size, root_hash=tree.root(), note=note, frontier=tree.to_bytes(), created_at=now
+        )
+        with self.db.write() as session:
+            if session.get(LedgerCheckpoint, size) is None:
+                session.add(row)
+        return row
+
+    def checkpoints(self) -> list[LedgerCheckpoint]:
+        with self.db.read() as session:
+            return list(session.scalars(select(LedgerCheckpoint).order_by(LedgerCheckpoint.tree_size)))
+
+    def inclusion_proofs(self, seqs: Iterable[int], tree_size: int) -> dict[int, list[bytes]]:
+        tree = merkle.MerkleTree(self.leaf_hashes(tree_size))
+        return {seq: tree.inclusion_proof(seq, tree_size) for seq in seqs}
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return merkle.consistency_proof(self.leaf_hashes(new_size), old_size, new_size)
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self) -> VerifyReport:
+        """Recompute everything from the rows; name the first bad entry and any bad checkpoint."""
+        report = VerifyReport()
+        checkpoints = self.checkpoints()
+        wanted = {c.tree_size: c for c in checkpoints}
+        tree = merkle.CompactRange()
+        prev = GENESIS
+        roots: dict[int, bytes] = {}
+        for seq, entry, stored_leaf in self._rows(LedgerEntry.entry, LedgerEntry.leaf_hash):
+            if not report.problems:
+                problem = _entry_problem(tree.size, seq, entry, stored_leaf, prev)
+                if problem:
+                    report.problems.append(problem)
+            leaf = merkle.leaf_hash(entry)
+            tree.append(leaf)
+            prev = leaf
+            if tree.size in wanted:
+                roots[tree.size] = tree.root()
+        report.entries = tree.size
+        head_size = self.size()
+        if head_size > tree.size and not report.problems:
+            report.problems.append(f"entries {tree.size} to {head_size - 1} are missing (deleted from the end)")
+        elif head_size != tree.size and not report.problems:
+            report.problems.append(f"the ledger head says {head_size} entries but {tree.size} are stored")
+        report.checks.append(f"recomputed {tree.size} leaf hashes and the hash chain")
+        self._verify_checkpoints(checkpoints, roots, report)
+        return report
+
+    def _verify_checkpoints(
+        self, checkpoints: list[LedgerCheckpoint], roots: dict[int, bytes], report: VerifyReport
+    ) -> None:
+        key = self.verifier_key()
+        for row in checkpoints:
+            try:
+                signed = verify_checkpoint(row.note.encode(), key, origin=self.origin)
+            except ValueError as exc:
+                report.problems.append(f"checkpoint at size {row.tree_size}: bad signature ({exc})")
+                continue
+            if signed.tree_size != row.tree_size or signed.root_hash != row.root_hash:
+                report.problems.append(f"checkpoint at size {row.tree_size}: stored values differ from the signed note")
+            elif roots.get(row.tree_size) != signed.root_hash:
+                report.problems.append(
+                    f"checkpoint at size {row.tree_size}: the entries no longer hash to its signed root "
+                    "(history was rewritten)"
+                )
+            report.checkpoints += 1
+        report.checks.append(f"verified {report.checkpoints} signed checkpoints against recomputed roots")
+
+
+def _entry_problem(expected_seq: int, seq: int, entry: bytes, stored_leaf: bytes, prev: bytes) -> str | None:
+    if seq != expected_seq:
+        kind = "missing (deleted)" if seq > expected_seq else "duplicated"
+        return f"entry {expected_seq} is {kind}: found sequence {seq} next"
+    try:
+        document = json.loads(entry)
+    except ValueError:
+        return f"entry {seq} is not valid JSON (edited)"
+    if document.get("seq") != seq:
+        return f"entry {seq} carries sequence {document.get('seq')}: entries were inserted, removed or reordered here"
+    if merkle.leaf_hash(entry) != stored_leaf:
+        return f"entry {seq} does not match its stored leaf hash (edited)"
+    if document.get("prev") != prev.hex():
+        return f"the chain breaks at entry {seq}: entry {seq - 1} was altered, or an entry was inserted before {seq}"
+    return None

@@ -1,0 +1,191 @@
+"""The audit ledger: append-only in the database, provable, and every kind of tampering named."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
+
+from portal.audit import merkle
+from portal.audit.checkpoint import verify_checkpoint
+from portal.audit.ledger import AuditEvent
+from portal.container import Portal
+
+
+def _fill(portal: Portal, count: int) -> None:
+    with portal.db.write() as session:
+        portal.ledger.append_many(
+            session,
+            [
+                AuditEvent(action="records.read", actor=f"staff:{i % 3}", subject=f"patient-{i % 5}", purpose="TREAT")
+                for i in range(count)
+            ],
+        )
+
+
+def test_appends_are_sequenced_and_chained(portal: Portal) -> None:
+    _fill(portal, 5)
+    seq = portal.ledger.record(AuditEvent(action="auth.signin", actor="patient:p1", subject="p1"))
+    assert seq == 5 and portal.ledger.size() == 6
+    entries = portal.ledger.entries_for_subject("p1")
+    assert entries[0]["action"] == "auth.signin" and entries[0]["time"].endswith("Z")
+
+
+def test_payloads_are_hashed_not_stored(portal: Portal) -> None:
+    portal.ledger.record(
+        AuditEvent(action="consent.grant", actor="patient:p1", subject="p1", payload={"note": "Zebulon-Secret"})
+    )
+    with portal.db.engine.connect() as conn:
+        stored = b"".join(bytes(row[0]) for row in conn.execute(text("SELECT entry FROM ledger_entries")))
+    assert b"Zebulon-Secret" not in stored
+    assert json.loads(stored)["payload_sha256"]
+
+
+@pytest.mark.parametrize("statement", ["UPDATE ledger_entries SET action = 'x'", "DELETE FROM ledger_entries"])
+def test_database_refuses_update_and_delete(portal: Portal, statement: str) -> None:
+    _fill(portal, 3)
+    with pytest.raises(DatabaseError, match="append-only"), portal.db.engine.begin() as conn:
+        conn.execute(text(statement))
+    assert portal.ledger.size() == 3
+
+
+def test_checkpoint_is_signed_and_proofs_verify(portal: Portal) -> None:
+    _fill(portal, 37)
+    first = portal.ledger.checkpoint()
+    _fill(portal, 20)
+    second = portal.ledger.checkpoint()
+    key = portal.ledger.verifier_key()
+    signed = verify_checkpoint(second.note.encode(), key, origin=portal.ledger.origin)
+    assert signed.tree_size == 57 and signed.timestamp is not None
+    leaves = portal.ledger.leaf_hashes()
+    proofs = portal.ledger.inclusion_proofs([0, 36, 56], 57)
+    for seq, proof in proofs.items():
+        assert merkle.verify_inclusion(leaves[seq], seq, 57, proof, signed.root_hash)
+    consistency = portal.ledger.consistency_proof(37, 57)
+    assert merkle.verify_consistency(37, 57, first.root_hash, second.root_hash, consistency)
+    assert portal.ledger.checkpoint().tree_size == 57, "no new checkpoint for an unchanged tree"
+
+
+def test_untouched_ledger_verifies(portal: Portal) -> None:
+    _fill(portal, 30)
+    portal.ledger.checkpoint()
+    _fill(portal, 5)
+    report = portal.ledger.verify()
+    assert report.ok, report.problems
+    assert report.entries == 35 and report.checkpoints == 1
+
+
+@contextmanager
+def _triggers_off(portal: Portal) -> Iterator[None]:
+    """Simulate an attacker with raw database access who disables the append-only triggers."""
+    pg = not portal.db.is_sqlite
+    with portal.db.engine.begin() as conn:
+        if pg:
+            conn.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER USER"))
+        else:
+            conn.execute(text("DROP TRIGGER ledger_entries_no_update"))
+            conn.execute(text("DROP TRIGGER ledger_entries_no_delete"))
+    yield
+    if pg:
+        with portal.db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE ledger_entries ENABLE TRIGGER USER"))
+
+
+def _entry(portal: Portal, seq: int) -> dict[str, object]:
+    with portal.db.engine.connect() as conn:
+        raw = conn.execute(text("SELECT entry FROM ledger_entries WHERE seq = :s"), {"s": seq}).scalar_one()
+    return dict(json.loads(bytes(raw)))
+
+
+def _problems(portal: Portal) -> list[str]:
+    report = portal.ledger.verify()
+    assert not report.ok
+    return report.problems
+
+
+def test_edited_entry_is_named(portal: Portal) -> None:
+    _fill(portal, 20)
+    portal.ledger.checkpoint()
+    doc = _entry(portal, 7)
+    doc["actor"] = "staff:someone-else"
+    edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(text("UPDATE ledger_entries SET entry = :e WHERE seq = 7"), {"e": edited})
+    assert _problems(portal)[0] == "entry 7 does not match its stored leaf hash (edited)"
+
+
+def test_edit_with_recomputed_leaf_is_named_by_the_chain_and_the_checkpoint(portal: Portal) -> None:
+    _fill(portal, 20)
+    portal.ledger.checkpoint()
+    doc = _entry(portal, 7)
+    doc["purpose"] = "HMARKT"
+    edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE ledger_entries SET entry = :e, leaf_hash = :h WHERE seq = 7"),
+            {"e": edited, "h": merkle.leaf_hash(edited)},
+        )
+    problems = _problems(portal)
+    assert problems[0].startswith("the chain breaks at entry 8: entry 7 was altered")
+    assert any("history was rewritten" in p for p in problems)
+
+
+def test_deleted_entry_is_named(portal: Portal) -> None:
+    _fill(portal, 20)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_entries WHERE seq = 12"))
+    assert _problems(portal)[0] == "entry 12 is missing (deleted): found sequence 13 next"
+
+
+def test_inserted_entry_is_named(portal: Portal) -> None:
+    _fill(portal, 20)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        for seq in range(19, 9, -1):
+            conn.execute(text("UPDATE ledger_entries SET seq = seq + 1 WHERE seq = :s"), {"s": seq})
+        forged = dict(_entry(portal, 9))
+        forged["seq"] = 10
+        forged["prev"] = merkle.leaf_hash(
+            json.dumps(_entry(portal, 9), sort_keys=True, separators=(",", ":")).encode()
+        ).hex()
+        body = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (seq, entry, leaf_hash, subject, action, created_at) "
+                "SELECT 10, :e, :h, subject, action, created_at FROM ledger_entries WHERE seq = 9"
+            ),
+            {"e": body, "h": merkle.leaf_hash(body)},
+        )
+    assert _problems(portal)[0] == "entry 11 carries sequence 10: entries were inserted, removed or reordered here"
+
+
+def test_reordered_entries_are_named(portal: Portal) -> None:
+    _fill(portal, 20)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(text("UPDATE ledger_entries SET seq = -1 WHERE seq = 4"))
+        conn.execute(text("UPDATE ledger_entries SET seq = 4 WHERE seq = 5"))
+        conn.execute(text("UPDATE ledger_entries SET seq = 5 WHERE seq = -1"))
+    assert _problems(portal)[0] == "entry 4 carries sequence 5: entries were inserted, removed or reordered here"
+
+
+def test_forged_checkpoint_signature_is_caught(portal: Portal) -> None:
+    _fill(portal, 10)
+    row = portal.ledger.checkpoint()
+    forged = row.note.replace(row.note.splitlines()[1], "11")
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        if not portal.db.is_sqlite:
+            conn.execute(text("ALTER TABLE ledger_checkpoints DISABLE TRIGGER USER"))
+        else:
+            conn.execute(text("DROP TRIGGER ledger_checkpoints_no_update"))
+        conn.execute(text("UPDATE ledger_checkpoints SET note = :n"), {"n": forged})
+    assert any("bad signature" in p for p in _problems(portal))
+
+
+def test_entries_deleted_from_the_end_are_named(portal: Portal) -> None:
+    _fill(portal, 10)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_entries WHERE seq >= 8"))
+    assert _problems(portal)[0] == "entries 8 to 9 are missing (deleted from the end)"
