@@ -198,6 +198,45 @@ def _portal() -> Portal:
 
 
 @cli.group()
+def admin() -> None:
+    """Accounts: invitations for patients and staff."""
+
+
+@admin.command("invite-patient")
+@click.option("--mrn", required=True, help="The patient's medical record number.")
+def admin_invite_patient(mrn: str) -> None:
+    """Print a single-use enrolment link (72 hours) for the patient with this MRN."""
+    from portal.accounts.service import AccountError
+
+    portal = _portal()
+    try:
+        link = portal.accounts.invite_patient(mrn, actor="system:cli")
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        portal.close()
+    click.echo(link)
+
+
+@admin.command("create-staff")
+@click.option("--role", required=True, type=click.Choice(["privacy_officer", "privacy_admin", "regulator"]))
+@click.option("--email", required=True, help="Work e-mail address.")
+@click.option("--name", "display_name", required=True, help="The person's name.")
+def admin_create_staff(role: str, email: str, display_name: str) -> None:
+    """Create a staff account and print its one-time enrolment link (e.g. the first privacy admin)."""
+    from portal.accounts.service import AccountError
+
+    portal = _portal()
+    try:
+        link = portal.accounts.create_staff(email, role, display_name, actor="system:cli")
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        portal.close()
+    click.echo(link)
+
+
+@cli.group()
 def records() -> None:
     """The patient record store."""
 

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -17,6 +17,12 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
+from portal.accounts import routes as account_routes
+from portal.accounts import staff_routes
+from portal.accounts.activity import describe_event
+from portal.api import admin_routes as api_admin_routes
+from portal.api import routes as api_routes
+from portal.api.bearer import BearerMiddleware
 from portal.container import Portal, build_portal
 from portal.logging import RequestLogMiddleware, configure_logging
 from portal.security.csrf import CSRF_COOKIE, CSRF_HEADER
@@ -46,10 +52,21 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
 
     app = Litestar(
         route_handlers=[
-            pages.home,
-            health.healthz,
-            health.readyz,
-            session_routes.sign_out,
+            # Pages go in one Router: Litestar 2.25 re-registers (and double-wraps) a sync handler
+            # when another handler for the same path is registered on the app separately.
+            Router(
+                path="/",
+                route_handlers=[
+                    pages.home,
+                    health.healthz,
+                    health.readyz,
+                    session_routes.sign_out,
+                    *account_routes.ROUTES,
+                    *staff_routes.ROUTES,
+                ],
+            ),
+            api_routes.api_router(),
+            api_admin_routes.admin_router(),
             create_static_files_router(
                 path="/static", directories=[STATIC], opt=access(Rule.public), include_in_schema=False
             ),
@@ -65,13 +82,19 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
             cookie_samesite="strict",
             exclude=["/api/v1/"],
         ),
-        middleware=[DefineMiddleware(SessionMiddleware, sessions=portal.sessions)],
+        middleware=[
+            DefineMiddleware(SessionMiddleware, sessions=portal.sessions),
+            # Inside the session middleware: on /api/v1 only a bearer token says who is calling.
+            DefineMiddleware(BearerMiddleware, api=portal.api),
+        ],
         guards=[enforce_access],
         before_send=[security_headers_hook(settings)],
         exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_background_work(portal)],
-        openapi_config=None,
+        openapi_config=api_routes.openapi_config(),
+        # Only /api/v1 is published; its router opts back in.
+        include_in_schema=False,
         debug=False,
     )
     app.state.portal = portal
@@ -100,6 +123,7 @@ def _template_engine(settings: Settings) -> JinjaTemplateEngine:
         privacy_contact=settings.mail_from,
         htmx_file=HTMX_FILE,
         active=None,
+        describe_event=describe_event,
     )
     return JinjaTemplateEngine.from_environment(environment)
 

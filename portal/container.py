@@ -8,13 +8,18 @@ from typing import Any
 
 import dramatiq
 
+from portal.accounts.passkeys import Ceremonies
+from portal.accounts.service import AccountService
+from portal.api.service import IntegrationService
 from portal.audit.ledger import Ledger
 from portal.datadir import instance_secret, prepare_data_dir
 from portal.db import Database
 from portal.jobs.service import JobContext, JobRunner
+from portal.notify import Notifier
 from portal.records.service import RecordStore
 from portal.security.crypto import EnvKekProvider, FileKekProvider, KekProvider
 from portal.security.keystore import KeyStore
+from portal.security.ratelimit import RateLimiter
 from portal.security.sessions import SessionService
 from portal.settings import Settings
 from workers.broker import create_broker, declare_job_actor
@@ -33,6 +38,10 @@ class Portal:
     records: RecordStore
     jobs: JobRunner
     sessions: SessionService
+    limiter: RateLimiter
+    notifier: Notifier
+    accounts: AccountService
+    api: IntegrationService
     secret: str
     broker: dramatiq.Broker | None = None
 
@@ -82,15 +91,36 @@ def build_portal(settings: Settings) -> Portal:
         max_attempts=settings.job_max_attempts,
         resend_after_seconds=settings.job_resend_after_seconds,
     )
+    records = RecordStore(db, keys, ledger, settings.mrn_system)
+    sessions = SessionService(db)
+    limiter = RateLimiter(db)
+    notifier = Notifier(settings, jobs)
+    accounts = AccountService(
+        db=db,
+        ledger=ledger,
+        records=records,
+        sessions=sessions,
+        limiter=limiter,
+        notifier=notifier,
+        ceremonies=Ceremonies(db, settings.rp_id, settings.controller_name, settings.origin),
+        origin=settings.origin,
+    )
+    notifier.use_address_book(accounts.contact_address)
     portal = Portal(
         settings=settings,
         db=db,
         keystore_db=keystore_db,
         keys=keys,
         ledger=ledger,
-        records=RecordStore(db, keys, ledger, settings.mrn_system),
+        records=records,
         jobs=jobs,
-        sessions=SessionService(db),
+        sessions=sessions,
+        limiter=limiter,
+        notifier=notifier,
+        accounts=accounts,
+        api=IntegrationService(
+            db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
+        ),
         secret=instance_secret(settings),
     )
     _register_jobs(portal)

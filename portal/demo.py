@@ -36,9 +36,30 @@ def seed_demo(portal: Portal, *, patients: int = DEMO_PATIENTS, large: int = DEM
     portal.ledger.checkpoint()
     yield (
         f"demo: imported {patients} synthetic patients ({resources} FHIR resources, "
-        f"{large} large records) in {time.perf_counter() - started:.1f} s"
+        f"{large} large records) in {time.perf_counter() - started:.1f} s; all demo data is synthetic"
     )
-    yield f"demo: first patient MRN {first_mrn} (all demo data is synthetic)"
+    yield from _demo_invitations(portal, first_mrn)
+
+
+def _demo_invitations(portal: Portal, mrn: str) -> Iterator[str]:
+    """Links a newcomer opens to enrol as a patient and as privacy staff (valid 72 hours)."""
+    patient = portal.accounts.invite_patient(mrn, actor=DEMO_ACTOR)
+    birth_date = _birth_date(portal, mrn)
+    officer = portal.accounts.create_staff(
+        "officer@portal.example", "privacy_officer", "Olivia Officer (demo)", actor=DEMO_ACTOR
+    )
+    admin = portal.accounts.create_staff("admin@portal.example", "privacy_admin", "Adam Admin (demo)", actor=DEMO_ACTOR)
+    yield f"demo patient (MRN {mrn}, date of birth {birth_date}): {patient}"
+    yield f"demo privacy officer: {officer}"
+    yield f"demo privacy admin:   {admin}"
+    yield "open a link, confirm the date of birth (patients only), and create a passkey"
+
+
+def _birth_date(portal: Portal, mrn: str) -> str:
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    resource = portal.records.patient_resource(patient_id, actor=DEMO_ACTOR, purpose="PATADMIN", role="system")
+    return str((resource or {}).get("birthDate", "unknown"))
 
 
 def _mrn(bundle: dict[str, object]) -> str:

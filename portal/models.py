@@ -1,9 +1,21 @@
 """Imports every model module of the main database so the metadata (and Alembic) sees all tables."""
 
+from portal.accounts import models as accounts_models
+from portal.api import models as api_models
 from portal.audit import ledger
 from portal.db import Base
 from portal.jobs import models as jobs_models
 from portal.records import models as records_models
+from portal.security import ratelimit as ratelimit_models
 from portal.security import sessions as session_models
 
-__all__ = ["Base", "jobs_models", "ledger", "records_models", "session_models"]
+__all__ = [
+    "Base",
+    "accounts_models",
+    "api_models",
+    "jobs_models",
+    "ledger",
+    "ratelimit_models",
+    "records_models",
+    "session_models",
+]

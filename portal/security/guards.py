@@ -19,6 +19,8 @@ from portal.security.sessions import Principal
 log = structlog.get_logger("portal.security")
 
 ACCESS_KEY = "access"
+SCOPES_KEY = "scopes"
+DURING_RECOVERY_KEY = "allowed_during_recovery"
 
 
 class Rule(enum.StrEnum):
@@ -38,16 +40,23 @@ ROLE_IMPLIES: dict[str, frozenset[str]] = {
 }
 
 
-def access(*rules: Rule) -> dict[str, Any]:
-    """The ``opt`` a route handler passes to declare who may call it."""
+def access(*rules: Rule, scopes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``opt`` a route handler passes to declare who may call it.
+
+    Integration clients (bearer tokens on /api/v1) must also hold every scope listed.
+    """
     if not rules:
         raise ValueError("a route must allow at least one kind of caller")
-    return {ACCESS_KEY: frozenset(rules)}
+    if scopes and Rule.integration not in rules:
+        raise ValueError("scopes only apply to routes that integration clients may call")
+    return {ACCESS_KEY: frozenset(rules), SCOPES_KEY: frozenset(scopes)}
 
 
 def effective_roles(principal: Principal) -> frozenset[str]:
     if principal.kind == "patient":
         return frozenset({Rule.patient.value})
+    if principal.kind == "integration":
+        return frozenset({Rule.integration.value})
     roles: set[str] = set()
     for role in principal.roles:
         roles |= ROLE_IMPLIES.get(role, frozenset())
@@ -69,7 +78,35 @@ def enforce_access(connection: ASGIConnection[Any, Any, Any, Any], handler: Base
         raise PermissionDeniedException("this route has no access rule")
     principal = connection.scope.get("user")
     if is_allowed(principal, rules):
+        _require_scopes(principal, handler.opt.get(SCOPES_KEY, frozenset()))
+        if principal is not None and principal.restricted and not handler.opt.get(DURING_RECOVERY_KEY):
+            raise PasskeyRequiredError("register a new passkey before doing anything else")
         return
     if principal is None:
-        raise NotAuthorizedException("sign in to continue")
+        raise NotAuthorizedException("sign in to continue", headers=_challenge(rules))
     raise PermissionDeniedException("you do not have access to this page")
+
+
+class PasskeyRequiredError(PermissionDeniedException):
+    """After a recovery-code sign-in: the user must register a new passkey first."""
+
+
+def during_recovery(opt: dict[str, Any]) -> dict[str, Any]:
+    """Mark a route as usable while a recovery-code session still has to register a passkey."""
+    return {**opt, DURING_RECOVERY_KEY: True}
+
+
+def _require_scopes(principal: Principal | None, scopes: frozenset[str]) -> None:
+    """Integration clients hold their granted scopes in ``roles``; each required one must be there."""
+    if principal is None or principal.kind != "integration":
+        return
+    missing = scopes - principal.roles
+    if missing:
+        raise PermissionDeniedException(
+            f"the token lacks the scope(s): {', '.join(sorted(missing))}",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(sorted(scopes))}"'},
+        )
+
+
+def _challenge(rules: frozenset[Rule]) -> dict[str, str] | None:
+    return {"WWW-Authenticate": 'Bearer realm="portal-api"'} if Rule.integration in rules else None

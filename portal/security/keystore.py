@@ -245,13 +245,14 @@ class KeyStore:
 
     # ----------------------------------------------------------------- system keys
 
-    def signing_key(self) -> Ed25519PrivateKey:
-        """The portal's Ed25519 key for checkpoints, receipts, manifests and certificates."""
-        row = self._system_key(SIGNING_KEY)
+    def signing_key(self, name: str = SIGNING_KEY) -> Ed25519PrivateKey:
+        """An Ed25519 key of the portal: by default the one for checkpoints, receipts, manifests and
+        certificates; other names (e.g. API tokens) get keys of their own, so no key serves two purposes."""
+        row = self._system_key(name)
         if row is None:
             key = generate_signing_key()
             public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-            row = self._store_system_key(SIGNING_KEY, seal_signing_key(self.ring.current_key, key), public)
+            row = self._store_system_key(name, seal_signing_key(self.ring.current_key, key), public)
         return open_signing_key(self.ring.get(row.kek_id), row.sealed)
 
     def blind_index_key(self) -> bytes:
@@ -323,7 +324,7 @@ def _system_context(name: str) -> FieldContext:
 
 
 def _reseal(row: SystemKey, old_kek: bytes, new_kek: bytes) -> bytes:
-    if row.name == SIGNING_KEY:
+    if row.public is not None:  # an Ed25519 signing key
         return seal_signing_key(new_kek, open_signing_key(old_kek, row.sealed))
     context = _system_context(row.name)
     return encrypt_field(new_kek, decrypt_field(old_kek, row.sealed, context), context)

@@ -19,7 +19,7 @@ import anyio.to_thread
 from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import Index, Integer, String, select, update
+from sqlalchemy import Boolean, Index, Integer, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from portal.db import Base, Database, UTCDateTime, utcnow
@@ -57,6 +57,8 @@ class WebSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     idle_seconds: Mapped[int] = mapped_column(Integer)
     stepped_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Signed in with a recovery code: only adding a new passkey is allowed until that is done.
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
     user_agent: Mapped[str] = mapped_column(String(USER_AGENT_LIMIT), default="")
     client_address: Mapped[str] = mapped_column(String(64), default="")
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -81,6 +83,7 @@ class Principal:
     subject_id: str
     roles: frozenset[str]
     session_handle: str
+    restricted: bool = False
 
 
 def hash_session_id(token: str) -> str:
@@ -103,6 +106,7 @@ class SessionService:
         roles: frozenset[str] = frozenset(),
         user_agent: str = "",
         client_address: str = "",
+        restricted: bool = False,
     ) -> str:
         """Start a session in the caller's transaction; returns the secret id for the cookie."""
         policy = POLICIES[kind]
@@ -121,6 +125,7 @@ class SessionService:
                 idle_seconds=int(policy.idle.total_seconds()),
                 user_agent=user_agent[:USER_AGENT_LIMIT],
                 client_address=client_address[:64],
+                restricted=restricted,
             )
         )
         return token
@@ -160,6 +165,7 @@ class SessionService:
                 stepped_up_at=now if stepped_up else old.stepped_up_at,
                 user_agent=old.user_agent,
                 client_address=old.client_address,
+                restricted=old.restricted,
             )
         )
         old.revoked_at = now
@@ -180,6 +186,13 @@ class SessionService:
             query = query.where(WebSession.handle != keep_handle)
         result = session.execute(query.values(revoked_at=self.clock(), revoked_reason=reason))
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def lift_restriction(self, session: Session, *, subject_id: str) -> None:
+        session.execute(
+            update(WebSession)
+            .where(WebSession.subject_id == subject_id, WebSession.restricted.is_(True))
+            .values(restricted=False)
+        )
 
     def live_sessions(self, subject_id: str) -> list[WebSession]:
         now = self.clock()
@@ -227,7 +240,9 @@ class SessionMiddleware:
         token = _cookie_value(scope, COOKIE_NAME)
         found = await anyio.to_thread.run_sync(self.sessions.load, token) if token else None
         if found is not None:
-            scope["user"] = Principal(found.subject_kind, found.subject_id, found.role_set, found.handle)
+            scope["user"] = Principal(
+                found.subject_kind, found.subject_id, found.role_set, found.handle, restricted=found.restricted
+            )
             scope["auth"] = found
         else:
             scope["user"] = None

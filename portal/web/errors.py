@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.response import Template
+from litestar.response import Redirect, Template
+
+from portal.security.guards import PasskeyRequiredError
 
 log = structlog.get_logger("portal.errors")
 
@@ -85,7 +88,21 @@ def error_response(
     )
 
 
+def _page_redirect(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any] | None:
+    """Pages send people where they can act: to sign in, or to register a passkey after recovery."""
+    if request.url.path.startswith(API_PREFIX) or request.method != "GET":
+        return None
+    if exc.status_code == 401:
+        return Redirect(f"/signin?next={quote(request.url.path)}", status_code=303)
+    if isinstance(exc, PasskeyRequiredError):
+        return Redirect("/account/passkeys?required=1", status_code=303)
+    return None
+
+
 def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    redirect = _page_redirect(request, exc)
+    if redirect is not None:
+        return redirect
     # Client errors carry our own messages; they are safe to show, stack traces never are.
     detail = exc.detail if exc.status_code < 500 else None
     return error_response(

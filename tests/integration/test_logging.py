@@ -11,7 +11,8 @@ from litestar.testing import TestClient
 
 def test_request_log_line_has_no_secrets(client: TestClient[Litestar], capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    response = client.get("/?mrn=MRN-123456&token=s3cret", cookies={"__Host-portal_session": "cookie-value"})
+    client.cookies.set("__Host-portal_session", "cookie-value", domain="portal.test")
+    response = client.get("/?mrn=MRN-123456&token=s3cret")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     requests = [line for line in lines if line.get("event") == "http.request"]
     assert len(requests) == 1

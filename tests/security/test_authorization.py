@@ -11,7 +11,28 @@ from portal.container import Portal
 from portal.security.guards import ACCESS_KEY, Rule
 from tests.conftest import csrf_token, sign_in
 
-PUBLIC_ROUTES = {"/", "/healthz", "/readyz", "/static", "/static/{file_path:path}"}
+PUBLIC_ROUTES = {
+    "/",
+    "/healthz",
+    "/readyz",
+    "/static",
+    "/static/{file_path:path}",
+    "/home",
+    "/signin",
+    "/auth/signin/options",
+    "/auth/signin",
+    "/signin/recovery",
+    "/enrol/{token:str}",
+    "/enrol/{token:str}/birth-date",
+    "/enrol/{token:str}/options",
+    "/enrol/{token:str}/finish",
+    # /api/v1: clients authenticate with their own credentials there; the schema is published.
+    "/api/v1/token",
+    "/api/v1/token/revoke",
+    "/api/v1/schema",
+    "/api/v1/schema/openapi.json",
+    "/api/v1/schema/{path:str}",
+}
 
 
 def _is_automatic_options(handler: Any) -> bool:
