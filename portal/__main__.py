@@ -54,6 +54,7 @@ def run(host: str, port: int, demo: bool) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     portal = build_portal(settings)
     _migrate_or_refuse(settings)
+    portal.consent.ensure_defaults()
     if demo:
         from portal.demo import seed_demo
 

@@ -23,6 +23,7 @@ from portal.accounts.activity import describe_event
 from portal.api import admin_routes as api_admin_routes
 from portal.api import routes as api_routes
 from portal.api.bearer import BearerMiddleware
+from portal.consent import routes as consent_routes
 from portal.container import Portal, build_portal
 from portal.logging import RequestLogMiddleware, configure_logging
 from portal.security.csrf import CSRF_COOKIE, CSRF_HEADER
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
                     session_routes.sign_out,
                     *account_routes.ROUTES,
                     *staff_routes.ROUTES,
+                    *consent_routes.ROUTES,
                 ],
             ),
             api_routes.api_router(),

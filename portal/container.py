@@ -12,10 +12,12 @@ from portal.accounts.passkeys import Ceremonies
 from portal.accounts.service import AccountService
 from portal.api.service import IntegrationService
 from portal.audit.ledger import Ledger
+from portal.consent.service import ConsentService
 from portal.datadir import instance_secret, prepare_data_dir
 from portal.db import Database
 from portal.jobs.service import JobContext, JobRunner
 from portal.notify import Notifier
+from portal.pdf import PdfRenderer
 from portal.records.service import RecordStore
 from portal.security.crypto import EnvKekProvider, FileKekProvider, KekProvider
 from portal.security.keystore import KeyStore
@@ -41,6 +43,8 @@ class Portal:
     limiter: RateLimiter
     notifier: Notifier
     accounts: AccountService
+    consent: ConsentService
+    pdf: PdfRenderer
     api: IntegrationService
     secret: str
     broker: dramatiq.Broker | None = None
@@ -118,6 +122,16 @@ def build_portal(settings: Settings) -> Portal:
         limiter=limiter,
         notifier=notifier,
         accounts=accounts,
+        consent=ConsentService(
+            db=db,
+            ledger=ledger,
+            records=records,
+            keys=keys,
+            origin=settings.origin,
+            controller=settings.controller_name,
+            contact=settings.mail_from,
+        ),
+        pdf=PdfRenderer(),
         api=IntegrationService(
             db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
         ),

@@ -3,6 +3,7 @@
 from portal.accounts import models as accounts_models
 from portal.api import models as api_models
 from portal.audit import ledger
+from portal.consent import models as consent_models
 from portal.db import Base
 from portal.jobs import models as jobs_models
 from portal.records import models as records_models
@@ -13,6 +14,7 @@ __all__ = [
     "Base",
     "accounts_models",
     "api_models",
+    "consent_models",
     "jobs_models",
     "ledger",
     "ratelimit_models",

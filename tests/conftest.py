@@ -78,6 +78,7 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> Se
 def portal(settings: Settings) -> Iterator[Portal]:
     built = build_portal(settings)
     migrate.upgrade_all(settings.database_url, settings.keystore_url)
+    built.consent.ensure_defaults()
     try:
         yield built
     finally:

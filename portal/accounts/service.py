@@ -532,8 +532,12 @@ class AccountService:
                 challenge = self.ceremonies.consume_challenge(session, challenge_id, "register")
                 if challenge.account_id != account.id or challenge.invitation_id is not None:
                     raise CeremonyError("the passkey request does not belong to this account")
-                count = len(self.passkeys(account.id))
-                credential = self._register(session, account, challenge, response, f"Passkey {count + 1}")
+                # The first free "Passkey N": after a removal, count + 1 can repeat a name still in use.
+                names = {existing.name for existing in self.passkeys(account.id)}
+                number = len(names) + 1
+                while f"Passkey {number}" in names:
+                    number += 1
+                credential = self._register(session, account, challenge, response, f"Passkey {number}")
                 account.must_add_passkey = False
                 self.sessions.lift_restriction(session, subject_id=account.id)
                 self._passkey_added(session, account, credential)

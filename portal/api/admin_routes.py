@@ -67,7 +67,7 @@ def _page(
     return Template(
         template_name=TEMPLATE,
         context={
-            "active": "api-clients",
+            "active": "admin",
             "clients": portal.api.list_clients(),
             "scopes": SCOPES,
             "errors": errors or {},

@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecuritySch
 from litestar.params import FromPath, JSONBody, URLEncodedBody
 
 from portal.api.service import SCOPES, IssuedTokens, OAuthError
+from portal.consent.api import consent_decision
 from portal.records.service import BundleRejectedError
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal
@@ -240,7 +241,7 @@ def api_router() -> Router:
     """The /api/v1 routes, the only ones the published schema describes (a new Router per app)."""
     return Router(
         API_PATH,
-        route_handlers=[token, revoke_token, post_patient_records],
+        route_handlers=[token, revoke_token, post_patient_records, consent_decision],
         include_in_schema=True,
         exception_handlers={OAuthError: oauth_error_response, BundleRejectedError: bundle_rejected_response},
     )

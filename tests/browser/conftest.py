@@ -59,6 +59,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     settings = Settings(data_dir=tmp_path_factory.mktemp("live") / "var", origin=origin).complete()
     portal = build_portal(settings)
     migrate.upgrade_all(settings.database_url, settings.keystore_url)
+    portal.consent.ensure_defaults()
     app = create_app(settings, portal)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)

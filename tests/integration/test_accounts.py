@@ -49,8 +49,9 @@ def _account(portal: Portal, mrn: str) -> Account:
     return account
 
 
-def test_patient_enrols_signs_out_and_signs_in_again(client: Client, portal: Portal,
-                                                     authenticator: SoftwareAuthenticator) -> None:
+def test_patient_enrols_signs_out_and_signs_in_again(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     assert client.get("/patient").status_code == 200
     sign_out(client)
@@ -61,16 +62,23 @@ def test_patient_enrols_signs_out_and_signs_in_again(client: Client, portal: Por
     assert page.status_code == 200 and "What we hold about you" in page.text
     account = _account(portal, mrn)
     actions = _actions(portal, account.id)
-    for expected in ("auth.invitation_created", "auth.invitation_verified", "auth.enrolled", "auth.passkey_added",
-                     "auth.signout", "auth.signin"):
+    for expected in (
+        "auth.invitation_created",
+        "auth.invitation_verified",
+        "auth.enrolled",
+        "auth.passkey_added",
+        "auth.signout",
+        "auth.signin",
+    ):
         assert expected in actions
     with portal.db.read() as session:
         kinds = [job.kind for job in session.scalars(select(Job))]
     assert "notify.email" in kinds, "the new passkey is notified"
 
 
-def test_signin_returns_to_the_page_asked_for(client: Client, portal: Portal,
-                                              authenticator: SoftwareAuthenticator) -> None:
+def test_signin_returns_to_the_page_asked_for(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     sign_out(client)
     options = post_json(client, "/auth/signin/options").json()
@@ -78,8 +86,9 @@ def test_signin_returns_to_the_page_asked_for(client: Client, portal: Portal,
     for target, expected in (("/account/security", "/account/security"), ("//evil.example/x", "/patient")):
         options = post_json(client, "/auth/signin/options").json()
         credential = authenticator.get(options["publicKey"])
-        result = post_json(client, "/auth/signin", {"challenge_id": options["challenge_id"],
-                                                    "credential": credential, "next": target})
+        result = post_json(
+            client, "/auth/signin", {"challenge_id": options["challenge_id"], "credential": credential, "next": target}
+        )
         assert result.json()["redirect"] == expected, "no open redirect (ASVS 3.7.2)"
 
 
@@ -135,9 +144,9 @@ def test_invitation_cannot_be_used_twice(client: Client, portal: Portal, authent
         ({"corrupt_signature": True}, "Could not verify authentication signature"),
     ],
 )
-def test_hostile_assertions_are_refused_and_logged(client: Client, portal: Portal,
-                                                   authenticator: SoftwareAuthenticator,
-                                                   knobs: dict[str, object], message: str) -> None:
+def test_hostile_assertions_are_refused_and_logged(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator, knobs: dict[str, object], message: str
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     sign_out(client)
     response = sign_in_with(client, authenticator, **knobs)
@@ -148,8 +157,7 @@ def test_hostile_assertions_are_refused_and_logged(client: Client, portal: Porta
     assert failure["outcome"] == "failure" and message.lower() in failure["details"]["reason"].lower()
 
 
-def test_user_verification_off_is_refused(client: Client, portal: Portal,
-                                          authenticator: SoftwareAuthenticator) -> None:
+def test_user_verification_off_is_refused(client: Client, portal: Portal, authenticator: SoftwareAuthenticator) -> None:
     enrol_patient(client, portal, authenticator)
     sign_out(client)
     authenticator.user_verification = False
@@ -180,8 +188,9 @@ def test_expired_challenge_is_refused(client: Client, portal: Portal, authentica
     assert response.status_code == 400 and "expired" in response.json()["error"]
 
 
-def test_counter_regression_is_refused_as_possible_clone(client: Client, portal: Portal,
-                                                         authenticator: SoftwareAuthenticator) -> None:
+def test_counter_regression_is_refused_as_possible_clone(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     sign_out(client)
     assert sign_in_with(client, authenticator).status_code == 201
@@ -203,8 +212,11 @@ def test_malformed_ceremony_json_is_a_clear_400(client: Client, body: dict[str, 
 
 def test_garbage_credential_is_refused(client: Client, portal: Portal) -> None:
     options = post_json(client, "/auth/signin/options").json()
-    response = post_json(client, "/auth/signin", {"challenge_id": options["challenge_id"],
-                                                  "credential": {"id": "abc", "type": "public-key"}})
+    response = post_json(
+        client,
+        "/auth/signin",
+        {"challenge_id": options["challenge_id"], "credential": {"id": "abc", "type": "public-key"}},
+    )
     assert response.status_code == 400 and "malformed" in response.json()["error"]
 
 
@@ -224,8 +236,9 @@ def test_synced_passkeys_are_fine_for_patients(client: Client, portal: Portal) -
     assert portal.accounts.passkeys(_account(portal, mrn).id)[0].synced
 
 
-def test_step_up_rotates_the_session_and_keeps_evidence(client: Client, portal: Portal,
-                                                        authenticator: SoftwareAuthenticator) -> None:
+def test_step_up_rotates_the_session_and_keeps_evidence(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     before = client.cookies.get(COOKIE_NAME)
     refused = post_form(client, "/account/recovery-codes")
@@ -242,8 +255,9 @@ def test_step_up_rotates_the_session_and_keeps_evidence(client: Client, portal: 
     assert entry["purpose"] == "recovery-codes" and entry["payload_sha256"]
 
 
-def test_step_up_goes_stale_after_five_minutes(client: Client, portal: Portal,
-                                               authenticator: SoftwareAuthenticator) -> None:
+def test_step_up_goes_stale_after_five_minutes(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     step_up(client, authenticator)
     clock = FakeClock()
@@ -252,8 +266,9 @@ def test_step_up_goes_stale_after_five_minutes(client: Client, portal: Portal,
     assert post_form(client, "/account/recovery-codes").status_code == 403
 
 
-def test_recovery_code_forces_a_new_passkey_first(client: Client, portal: Portal,
-                                                  authenticator: SoftwareAuthenticator) -> None:
+def test_recovery_code_forces_a_new_passkey_first(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     step_up(client, authenticator)
     codes_page = post_form(client, "/account/recovery-codes").text
@@ -274,8 +289,9 @@ def test_recovery_code_forces_a_new_passkey_first(client: Client, portal: Portal
     assert "auth.recovery_code_used" in actions and "auth.recovery_code_failed" in actions
 
 
-def test_adding_a_passkey_normally_needs_step_up(client: Client, portal: Portal,
-                                                 authenticator: SoftwareAuthenticator) -> None:
+def test_adding_a_passkey_normally_needs_step_up(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     refused = post_json(client, "/account/passkeys/options")
     assert refused.status_code == 403
@@ -285,8 +301,9 @@ def test_adding_a_passkey_normally_needs_step_up(client: Client, portal: Portal,
     assert client.get("/account/passkeys").text.count("Stays on one device") == 2
 
 
-def test_last_passkey_cannot_be_removed_without_recovery_codes(client: Client, portal: Portal,
-                                                               authenticator: SoftwareAuthenticator) -> None:
+def test_last_passkey_cannot_be_removed_without_recovery_codes(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     account = _account(portal, mrn)
     only = portal.accounts.passkeys(account.id)[0]
@@ -299,8 +316,9 @@ def test_last_passkey_cannot_be_removed_without_recovery_codes(client: Client, p
     assert portal.accounts.passkeys(account.id) == []
 
 
-def test_passkey_rename_validates_and_is_owner_only(client: Client, portal: Portal,
-                                                    authenticator: SoftwareAuthenticator) -> None:
+def test_passkey_rename_validates_and_is_owner_only(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     own = portal.accounts.passkeys(_account(portal, mrn).id)[0]
     assert post_form(client, f"/account/passkeys/{own.id}/rename", {"name": "  Work   laptop "}).status_code == 303
@@ -309,8 +327,9 @@ def test_passkey_rename_validates_and_is_owner_only(client: Client, portal: Port
     assert post_form(client, "/account/passkeys/someone-elses/rename", {"name": "x"}).status_code == 400
 
 
-def test_account_locks_after_100_failures_and_staff_unlocks(client: Client, portal: Portal,
-                                                             authenticator: SoftwareAuthenticator) -> None:
+def test_account_locks_after_100_failures_and_staff_unlocks(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     sign_out(client)
     clock = FakeClock()
@@ -329,8 +348,9 @@ def test_account_locks_after_100_failures_and_staff_unlocks(client: Client, port
     assert sign_in_with(client, authenticator).status_code == 201
 
 
-def test_failures_slow_down_long_before_the_lock(client: Client, portal: Portal,
-                                                 authenticator: SoftwareAuthenticator) -> None:
+def test_failures_slow_down_long_before_the_lock(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     sign_out(client)
     for _ in range(5):
@@ -366,8 +386,9 @@ def test_disabling_staff_ends_their_sessions_at_once(client: Client, portal: Por
     assert refused.status_code == 400 and "not active" in refused.json()["error"]
 
 
-def test_sessions_page_lists_and_ends_other_sessions(client: Client, portal: Portal, app: Litestar,
-                                                     authenticator: SoftwareAuthenticator) -> None:
+def test_sessions_page_lists_and_ends_other_sessions(
+    client: Client, portal: Portal, app: Litestar, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     with TestClient(app, base_url=ORIGIN) as other:
         assert sign_in_with(other, authenticator).status_code == 201
@@ -378,13 +399,13 @@ def test_sessions_page_lists_and_ends_other_sessions(client: Client, portal: Por
     assert client.get("/patient").status_code == 200
 
 
-def test_reenrolment_revokes_everything_and_tells_the_patient(client: Client, portal: Portal,
-                                                              authenticator: SoftwareAuthenticator) -> None:
+def test_reenrolment_revokes_everything_and_tells_the_patient(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     mrn = enrol_patient(client, portal, authenticator)
     with pytest.raises(Exception, match="how the patient's identity was checked"):
         portal.accounts.reenrol_patient(mrn, identity_check="id", actor="staff:test")
-    link = portal.accounts.reenrol_patient(mrn, identity_check="Passport checked at the front desk",
-                                           actor="staff:test")
+    link = portal.accounts.reenrol_patient(mrn, identity_check="Passport checked at the front desk", actor="staff:test")
     assert client.get("/patient", follow_redirects=False).status_code == 303, "sessions ended"
     assert sign_in_with(client, authenticator).status_code == 400, "old passkeys revoked"
     account = _account(portal, mrn)
@@ -392,8 +413,9 @@ def test_reenrolment_revokes_everything_and_tells_the_patient(client: Client, po
     assert client.get(f"/enrol/{token_of(link)}").status_code == 200
 
 
-def test_security_activity_page_shows_plain_language(client: Client, portal: Portal,
-                                                     authenticator: SoftwareAuthenticator) -> None:
+def test_security_activity_page_shows_plain_language(
+    client: Client, portal: Portal, authenticator: SoftwareAuthenticator
+) -> None:
     enrol_patient(client, portal, authenticator)
     page = client.get("/account/security")
     assert "A passkey was added" in page.text and "Account set up" in page.text

@@ -22,6 +22,7 @@ PUBLIC_ROUTES = {
     "/auth/signin/options",
     "/auth/signin",
     "/signin/recovery",
+    "/consent/notices/{code:str}/{version:int}",
     "/enrol/{token:str}",
     "/enrol/{token:str}/birth-date",
     "/enrol/{token:str}/options",

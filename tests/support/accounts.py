@@ -42,8 +42,9 @@ def confirm_birth_date(client: TestClient[Litestar], token: str, birth_date: str
     return post_form(client, f"/enrol/{token}/birth-date", {"day": day, "month": month, "year": year})
 
 
-def register(client: TestClient[Litestar], options_url: str, finish_url: str, authenticator: SoftwareAuthenticator,
-             **knobs: Any) -> Any:
+def register(
+    client: TestClient[Litestar], options_url: str, finish_url: str, authenticator: SoftwareAuthenticator, **knobs: Any
+) -> Any:
     options = post_json(client, options_url)
     assert options.status_code == 201, options.text
     body = options.json()
@@ -51,8 +52,9 @@ def register(client: TestClient[Litestar], options_url: str, finish_url: str, au
     return post_json(client, finish_url, {"challenge_id": body["challenge_id"], "credential": credential})
 
 
-def enrol_patient(client: TestClient[Litestar], portal: Portal, authenticator: SoftwareAuthenticator,
-                  seed: int = 101) -> str:
+def enrol_patient(
+    client: TestClient[Litestar], portal: Portal, authenticator: SoftwareAuthenticator, seed: int = 101
+) -> str:
     """The whole patient enrolment through HTTP; returns the MRN. The client ends up signed in."""
     mrn, birth_date = new_patient(portal, seed)
     token = token_of(portal.accounts.invite_patient(mrn, actor="staff:test"))
@@ -63,8 +65,14 @@ def enrol_patient(client: TestClient[Litestar], portal: Portal, authenticator: S
     return mrn
 
 
-def enrol_staff(client: TestClient[Litestar], portal: Portal, authenticator: SoftwareAuthenticator, *,
-                role: str = "privacy_officer", email: str = "officer@example.org") -> Any:
+def enrol_staff(
+    client: TestClient[Litestar],
+    portal: Portal,
+    authenticator: SoftwareAuthenticator,
+    *,
+    role: str = "privacy_officer",
+    email: str = "officer@example.org",
+) -> Any:
     token = token_of(portal.accounts.create_staff(email, role, "Test Officer", actor="system:test"))
     return register(client, f"/enrol/{token}/options", f"/enrol/{token}/finish", authenticator)
 
@@ -78,8 +86,9 @@ def sign_in_with(client: TestClient[Litestar], authenticator: SoftwareAuthentica
 def step_up(client: TestClient[Litestar], authenticator: SoftwareAuthenticator, purpose: str = "test") -> Any:
     options = post_json(client, "/auth/stepup/options").json()
     credential = authenticator.get(options["publicKey"])
-    return post_json(client, "/auth/stepup", {"challenge_id": options["challenge_id"], "credential": credential,
-                                              "purpose": purpose})
+    return post_json(
+        client, "/auth/stepup", {"challenge_id": options["challenge_id"], "credential": credential, "purpose": purpose}
+    )
 
 
 def sign_out(client: TestClient[Litestar]) -> None:

@@ -1,0 +1,25 @@
+"""Looking inside PDFs in tests: WeasyPrint compresses objects into streams."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+
+
+def pdf_text(pdf: bytes) -> bytes:
+    """The PDF with every Flate stream decompressed and appended, for substring checks."""
+    parts = [pdf]
+    for match in STREAM.finditer(pdf):
+        try:
+            parts.append(zlib.decompress(match.group(1)))
+        except zlib.error:
+            continue
+    return b"\n".join(parts)
+
+
+def is_tagged_pdf_ua(pdf: bytes) -> bool:
+    """Tagged (a structure tree), marked, and declaring PDF/UA in its XMP metadata."""
+    text = pdf_text(pdf)
+    return b"/StructTreeRoot" in text and b"/Marked true" in text and b"pdfuaid:part" in text
