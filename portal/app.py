@@ -17,6 +17,8 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
+from portal.access import routes as access_routes
+from portal.access.api import BATCH_BODY_BYTES
 from portal.accounts import routes as account_routes
 from portal.accounts import staff_routes
 from portal.accounts.activity import describe_event
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
                     *account_routes.ROUTES,
                     *staff_routes.ROUTES,
                     *consent_routes.ROUTES,
+                    *access_routes.ROUTES,
                 ],
             ),
             api_routes.api_router(),
@@ -107,7 +110,10 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
 
 def _wrap_outer(handler: ASGIApp, settings: Settings) -> ASGIApp:
     checked = RequestGateMiddleware(
-        handler, allowed_hosts=settings.allowed_hosts, max_body_bytes=settings.max_body_bytes
+        handler,
+        allowed_hosts=settings.allowed_hosts,
+        max_body_bytes=settings.max_body_bytes,
+        large_bodies={"/api/v1/access-events": BATCH_BODY_BYTES},
     )
     logged: ASGIApp = RequestLogMiddleware(checked)
     return logged

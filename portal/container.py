@@ -8,6 +8,7 @@ from typing import Any
 
 import dramatiq
 
+from portal.access.service import AccessLog
 from portal.accounts.passkeys import Ceremonies
 from portal.accounts.service import AccountService
 from portal.api.service import IntegrationService
@@ -44,6 +45,7 @@ class Portal:
     notifier: Notifier
     accounts: AccountService
     consent: ConsentService
+    access: AccessLog
     pdf: PdfRenderer
     api: IntegrationService
     secret: str
@@ -110,6 +112,15 @@ def build_portal(settings: Settings) -> Portal:
         origin=settings.origin,
     )
     notifier.use_address_book(accounts.contact_address)
+    access = AccessLog(
+        db=db,
+        ledger=ledger,
+        records=records,
+        keys=keys,
+        staff_named=settings.staff_named_in_access_history,
+        staff_name=accounts.staff_name,
+    )
+    records.on_read(access.record_portal_read)
     portal = Portal(
         settings=settings,
         db=db,
@@ -132,6 +143,7 @@ def build_portal(settings: Settings) -> Portal:
             contact=settings.mail_from,
         ),
         pdf=PdfRenderer(),
+        access=access,
         api=IntegrationService(
             db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
         ),

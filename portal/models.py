@@ -1,5 +1,6 @@
 """Imports every model module of the main database so the metadata (and Alembic) sees all tables."""
 
+from portal.access import models as access_models
 from portal.accounts import models as accounts_models
 from portal.api import models as api_models
 from portal.audit import ledger
@@ -12,6 +13,7 @@ from portal.security import sessions as session_models
 
 __all__ = [
     "Base",
+    "access_models",
     "accounts_models",
     "api_models",
     "consent_models",

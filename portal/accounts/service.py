@@ -773,6 +773,10 @@ class AccountService:
         with self.db.read() as session:
             return session.get(Account, account_id)
 
+    def staff_name(self, account_id: str) -> str | None:
+        account = self.account(account_id) if account_id else None
+        return account.display_name if account is not None and account.kind == "staff" else None
+
     def account_for_patient(self, patient_id: str) -> Account | None:
         with self.db.read() as session:
             return session.scalars(select(Account).where(Account.patient_id == patient_id)).one_or_none()

@@ -18,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
 from litestar.params import FromPath, JSONBody, URLEncodedBody
 
+from portal.access.api import post_access_events
 from portal.api.service import SCOPES, IssuedTokens, OAuthError
 from portal.consent.api import consent_decision
 from portal.records.service import BundleRejectedError
@@ -241,7 +242,7 @@ def api_router() -> Router:
     """The /api/v1 routes, the only ones the published schema describes (a new Router per app)."""
     return Router(
         API_PATH,
-        route_handlers=[token, revoke_token, post_patient_records, consent_decision],
+        route_handlers=[token, revoke_token, post_patient_records, consent_decision, post_access_events],
         include_in_schema=True,
         exception_handlers={OAuthError: oauth_error_response, BundleRejectedError: bundle_rejected_response},
     )

@@ -88,7 +88,7 @@ CATEGORIES: tuple[Category, ...] = (
         ("Coverage", "Claim", "ExplanationOfBenefit", "Account", "Invoice"),
         Retention(
             years=7,
-            anchor="end of the financial year",
+            anchor="the end of the financial year",
             basis="Tax and accounting records must be kept for 7 years (GDPR Art. 17(3)(b))",
         ),
     ),

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
@@ -25,6 +25,21 @@ from portal.security.crypto import FieldContext, blind_index, decrypt_field, enc
 from portal.security.keystore import KeyDestroyedError, KeyStore
 
 MRN_TYPE_CODE = "MR"
+
+
+class ReadObserver(Protocol):
+    def __call__(
+        self,
+        session: Session,
+        *,
+        patient_id: str,
+        actor: str,
+        role: str | None,
+        purpose: str,
+        categories: Iterable[str] | None,
+    ) -> None: ...
+
+
 SUPPORTED_BUNDLE_TYPES = ("collection", "transaction", "batch", "searchset")
 MAX_PROBLEMS = 200
 
@@ -93,19 +108,25 @@ class RecordStore:
         self.ledger = ledger
         self.mrn_system = mrn_system
         self._index_key: bytes | None = None
+        self._read_observers: list[ReadObserver] = []
+
+    def on_read(self, observer: ReadObserver) -> None:
+        """Run ``observer`` in the transaction that logs each read (the access history uses it)."""
+        self._read_observers.append(observer)
 
     # ------------------------------------------------------------------ identifiers
 
-    def _blind(self, namespace: str, value: str) -> str:
+    def blind(self, namespace: str, value: str) -> str:
+        """A keyed blind index (HMAC) of a value, for look-ups that never compare plaintext."""
         if self._index_key is None:
             self._index_key = self.keys.blind_index_key()
         return blind_index(self._index_key, namespace, value)
 
     def mrn_index(self, mrn: str) -> str:
-        return self._blind("mrn", mrn)
+        return self.blind("mrn", mrn)
 
     def identifier_index(self, system: str, value: str) -> str:
-        return self._blind("identifier", f"{system}|{value}")
+        return self.blind("identifier", f"{system}|{value}")
 
     def find_by_mrn(self, mrn: str) -> str | None:
         """The patient id for an MRN, found through its blind index."""
@@ -160,7 +181,7 @@ class RecordStore:
                             resource_type=entry.resource_type,
                             key_version=key.version,
                             body=blob,
-                            source_key=self._blind("resource-source", entry.source_ref),
+                            source_key=self.blind("resource-source", entry.source_ref),
                             source=source,
                         )
                     )
@@ -221,7 +242,7 @@ class RecordStore:
 
     def _assign_rows(self, session: Session, patient_id: str, entries: list[_Entry]) -> int:
         """Give each entry its row id: the existing row for a resource sent before, else a new one."""
-        by_source = {self._blind("resource-source", e.source_ref): e for e in entries}
+        by_source = {self.blind("resource-source", e.source_ref): e for e in entries}
         existing: dict[str, str] = dict(
             session.execute(
                 select(Resource.source_key, Resource.id).where(
@@ -248,20 +269,24 @@ class RecordStore:
         """Decrypt a patient's resources; the access is in the ledger before any data is opened."""
         wanted = sorted(set(categories)) if categories is not None else None
         types = sorted(set(resource_types)) if resource_types is not None else None
-        self.ledger.record(
-            AuditEvent(
-                action="records.read",
-                actor=actor,
-                role=role,
-                subject=patient_id,
-                object=f"patient:{patient_id}",
-                purpose=purpose,
-                details={
-                    "categories": ",".join(wanted) if wanted else "all",
-                    "types": ",".join(types) if types else "all",
-                },
+        with self.db.write() as session:
+            self.ledger.append(
+                session,
+                AuditEvent(
+                    action="records.read",
+                    actor=actor,
+                    role=role,
+                    subject=patient_id,
+                    object=f"patient:{patient_id}",
+                    purpose=purpose,
+                    details={
+                        "categories": ",".join(wanted) if wanted else "all",
+                        "types": ",".join(types) if types else "all",
+                    },
+                ),
             )
-        )
+            for observer in self._read_observers:
+                observer(session, patient_id=patient_id, actor=actor, role=role, purpose=purpose, categories=wanted)
         query = select(
             Resource.id, Resource.resource_type, Resource.category, Resource.key_version, Resource.body
         ).where(Resource.patient_id == patient_id)

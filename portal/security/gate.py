@@ -49,10 +49,19 @@ def declared_length(scope: Scope) -> int | None:
 
 
 class RequestGateMiddleware:
-    def __init__(self, app: ASGIApp, *, allowed_hosts: tuple[str, ...], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: tuple[str, ...],
+        max_body_bytes: int,
+        large_bodies: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.allowed = frozenset(h.lower() for h in allowed_hosts)
         self.max_body_bytes = max_body_bytes
+        # Exact paths allowed a larger body (batch uploads); their own handler enforces it again.
+        self.large_bodies = dict(large_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -66,7 +75,8 @@ class RequestGateMiddleware:
         if host_name(scope) not in self.allowed:
             return 400
         length = declared_length(scope)
-        if length is not None and (length < 0 or length > self.max_body_bytes):
+        limit = self.large_bodies.get(scope.get("path", ""), self.max_body_bytes)
+        if length is not None and (length < 0 or length > limit):
             return 413 if length > 0 else 400
         return None
 

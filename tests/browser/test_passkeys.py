@@ -320,7 +320,6 @@ def test_patient_passkey_journey(
     assert_clean(page, problems)
 
 
-
 # ---------------------------------------------------------------------- refusals
 
 

@@ -1,0 +1,216 @@
+"""Access history: BALP AuditEvents in through the API, portal reads recorded automatically, the timeline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from sqlalchemy import func, select
+
+from portal.access.models import AccessEvent
+from portal.access.service import TimelineFilter
+from portal.container import Portal
+from portal.records.synthetic import MRN_SYSTEM
+from tests.conftest import ORIGIN
+from tests.support.accounts import enrol_patient, new_patient
+from tests.support.authenticator import SoftwareAuthenticator
+
+Client = TestClient[Litestar]
+
+
+def balp_event(
+    event_id: str,
+    mrn: str,
+    *,
+    subtype: str = "read",
+    purpose: str = "TREAT",
+    person: str = "Dr A. Jones",
+    role: str = "Cardiologist",
+    org: str = "St Example Hospital",
+    site: str = "Ward 4",
+    recorded: str = "2026-10-05T10:15:00Z",
+    btg: str | None = None,
+) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "type": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "humanuser"}
+            ]
+        },
+        "who": {"identifier": {"value": person.lower().replace(" ", "-")}, "display": person},
+        "role": [{"text": role}],
+        "requestor": True,
+    }
+    if btg:
+        agent["purposeOfUse"] = [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}], "text": btg}
+        ]
+    return {
+        "resourceType": "AuditEvent",
+        "id": event_id,
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": "R",
+        "recorded": recorded,
+        "outcome": "0",
+        "purposeOfEvent": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
+        ],
+        "agent": [agent],
+        "source": {"site": site, "observer": {"display": org}},
+        "entity": [
+            {
+                "what": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            },
+            {"what": {"reference": "DiagnosticReport/lab-1"}, "description": "your lab results"},
+        ],
+    }
+
+
+def _token(portal: Portal) -> str:
+    import uuid
+
+    row, secret = portal.api.create_client(f"EHR {uuid.uuid4().hex[:6]}", ("access-events:write",), actor="staff:admin")
+    return portal.api.issue_tokens(row.id, secret).access_token
+
+
+def _post(client: Client, token: str, body: str, content_type: str = "application/x-ndjson") -> Any:
+    return client.post(
+        "/api/v1/access-events",
+        content=body.encode(),
+        headers={"authorization": f"Bearer {token}", "content-type": content_type},
+    )
+
+
+def test_ndjson_batch_reports_each_line_and_keeps_good_ones(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    lines = [
+        json.dumps(balp_event("e1", mrn)),
+        "{not json",
+        json.dumps(balp_event("e2", "MRN-UNKNOWN")),
+        json.dumps({**balp_event("e3", mrn), "recorded": "yesterday"}),
+        json.dumps(balp_event("e4", mrn, subtype="search-type", purpose="HOPERAT")),
+        json.dumps(balp_event("e1", mrn)),
+    ]
+    token = _token(portal)
+    response = _post(client, token, "\n".join(lines))
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 1, 3)
+    statuses = [(line["line"], line["status"]) for line in body["lines"]]
+    assert statuses == [
+        (1, "accepted"),
+        (2, "rejected"),
+        (3, "rejected"),
+        (4, "rejected"),
+        (5, "accepted"),
+        (6, "duplicate"),
+    ]
+    reasons = {line["line"]: line["reason"] for line in body["lines"]}
+    assert reasons[2] == "the line is not JSON" and "no patient" in reasons[3] and "recorded" in reasons[4]
+    again = _post(client, token, json.dumps(balp_event("e1", mrn)), "application/fhir+json")
+    assert again.json()["duplicate"] == 1, "idempotent by event id"
+    with portal.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AccessEvent)) == 2
+
+
+def test_all_bad_batch_is_422_and_stores_nothing(client: Client, portal: Portal) -> None:
+    response = _post(client, _token(portal), '{"resourceType": "Patient"}')
+    assert response.status_code == 422 and response.json()["rejected"] == 1
+
+
+def test_scope_is_required(client: Client, portal: Portal) -> None:
+    row, secret = portal.api.create_client("Other", ("consent:read",), actor="staff:admin")
+    token = portal.api.issue_tokens(row.id, secret).access_token
+    assert _post(client, token, "{}").status_code == 403
+
+
+def test_stored_details_are_encrypted(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    _post(client, _token(portal), json.dumps(balp_event("x1", mrn, person="Dr Zebulon Canary")))
+    with portal.db.read() as session:
+        body = session.scalars(select(AccessEvent.body)).one()
+    assert b"Zebulon" not in body and b"Ward 4" not in body
+
+
+def test_patient_sees_plain_language_timeline_with_filters(client: Client, portal: Portal) -> None:
+    mrn = enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    token = _token(portal)
+    events = [balp_event(f"t{i}", mrn, recorded=f"2026-10-{i + 1:02d}T09:00:00Z") for i in range(30)]
+    events.append(
+        balp_event(
+            "btg",
+            mrn,
+            purpose="ETREAT",
+            btg="unconscious on arrival",
+            org="City Emergency Hospital",
+            recorded="2026-10-31T03:00:00Z",
+        )
+    )
+    _post(client, token, "\n".join(json.dumps(e) for e in events))
+    page = client.get("/access")
+    assert page.status_code == 200
+    assert (
+        "Dr A. Jones, cardiologist at Ward 4, St Example Hospital viewed your lab results for your treatment"
+        in page.text
+    )
+    assert "emergency access (unconscious on arrival)" in page.text
+    assert "Show older accesses" in page.text and "<svg" in page.text
+    emergency = client.get("/access", params={"emergency": "1"})
+    assert emergency.text.count('<strong class="tag">Emergency</strong>') == 1
+    org = client.get("/access", params={"organisation": "City Emergency Hospital"})
+    assert "1 access matches" in org.text
+    more = client.get("/access", params={"page": "2"}, headers={"hx-request": "true"})
+    assert more.text.lstrip().startswith('<tbody id="access-rows">') and more.text.count("<tr") >= 6
+    csv_text = client.get("/access/history.csv").text
+    assert csv_text.count("\n") == 32 and "City Emergency Hospital" in csv_text
+    ndjson = client.get("/access/history.ndjson").text.strip().splitlines()
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    assert len(ndjson) == 31
+    for line in ndjson:
+        AuditEvent.model_validate(json.loads(line))
+
+
+def test_portal_staff_reads_appear_automatically(client: Client, portal: Portal) -> None:
+    mrn = enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    portal.accounts.create_staff("o@example.org", "privacy_officer", "Olivia Officer", actor="system:test")
+    officer = portal.accounts.staff_accounts()[0]
+    portal.records.read(
+        patient_id, actor=f"staff:{officer.id}", role="privacy officer", purpose="PATRQT", categories=["clinical"]
+    )
+    entries, total = portal.access.timeline(patient_id, TimelineFilter())
+    assert total == 1
+    assert entries[0].sentence == (
+        "Olivia Officer, privacy officer at Privacy office, Privacy portal viewed your clinical record "
+        "because you asked"
+    )
+    portal.access.staff_named = False
+    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    assert entries[0].sentence.startswith("A member of the privacy office (privacy officer)")
+
+
+def test_erased_access_log_reads_as_erased(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    _post(client, _token(portal), json.dumps(balp_event("z1", mrn)))
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    portal.keys.destroy(patient_id, "access_log", reason="test")
+    portal.keys._cache.clear()
+    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    assert entries[0].details is None and "erased" in entries[0].sentence
+
+
+@pytest.mark.parametrize("missing", ["id", "agent", "source"])
+def test_incomplete_events_are_refused_with_the_reason(client: Client, portal: Portal, missing: str) -> None:
+    mrn, _ = new_patient(portal)
+    event = balp_event("m1", mrn)
+    event.pop(missing)
+    body = _post(client, _token(portal), json.dumps(event), "application/json").json()
+    assert body["rejected"] == 1 and body["lines"][0]["reason"]
