@@ -17,6 +17,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
+from portal.access import case_routes
 from portal.access import routes as access_routes
 from portal.access.api import BATCH_BODY_BYTES
 from portal.accounts import routes as account_routes
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
                     *staff_routes.ROUTES,
                     *consent_routes.ROUTES,
                     *access_routes.ROUTES,
+                    *case_routes.ROUTES,
                 ],
             ),
             api_routes.api_router(),

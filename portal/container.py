@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from sqlalchemy.orm import Session
 
+from portal.access.cases import CaseService
 from portal.access.service import AccessLog
 from portal.accounts.passkeys import Ceremonies
 from portal.accounts.service import AccountService
@@ -29,6 +32,8 @@ from workers.broker import create_broker, declare_job_actor
 from workers.embedded import Watchdog
 
 CHECKPOINT_JOB = "audit.checkpoint"
+ACCESS_SWEEP_JOB = "access.retention_sweep"
+DAY_SECONDS = 86_400.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Portal:
     accounts: AccountService
     consent: ConsentService
     access: AccessLog
+    cases: CaseService
     pdf: PdfRenderer
     api: IntegrationService
     secret: str
@@ -58,19 +64,22 @@ class Portal:
             declare_job_actor(self.broker, self.jobs)
         return self.broker
 
-    def request_checkpoint(self, bucket: str) -> None:
-        """Queue a ledger checkpoint; the bucket (e.g. a time slot) makes repeated requests one job."""
+    def request_job(self, kind: str, bucket: str) -> None:
+        """Queue a periodic job; the bucket (a time slot) makes repeated requests for one slot one job."""
         with self.db.write() as session:
-            self.jobs.enqueue(session, CHECKPOINT_JOB, {}, idempotency_key=f"{CHECKPOINT_JOB}:{bucket}")
+            self.jobs.enqueue(session, kind, {}, idempotency_key=f"{kind}:{bucket}")
 
     def watchdog(self) -> Watchdog:
-        """The watchdog with the portal's periodic tasks (ledger checkpoints, ...)."""
-        every = self.settings.checkpoint_interval_seconds
+        """The watchdog with the portal's periodic jobs: ledger checkpoints and the access-log retention sweep."""
+        periodic = [(self.settings.checkpoint_interval_seconds, CHECKPOINT_JOB), (DAY_SECONDS, ACCESS_SWEEP_JOB)]
+        return Watchdog(
+            self.jobs,
+            self.settings.watchdog_interval_seconds,
+            periodic=[(every, self._periodic(kind, every)) for every, kind in periodic],
+        )
 
-        def checkpoint() -> None:
-            self.request_checkpoint(str(int(time.time() // every)))
-
-        return Watchdog(self.jobs, self.settings.watchdog_interval_seconds, periodic=[(every, checkpoint)])
+    def _periodic(self, kind: str, every: float) -> Callable[[], None]:
+        return lambda: self.request_job(kind, str(int(time.time() // every)))
 
     def close(self) -> None:
         if self.broker is not None:
@@ -121,6 +130,13 @@ def build_portal(settings: Settings) -> Portal:
         staff_name=accounts.staff_name,
     )
     records.on_read(access.record_portal_read)
+
+    def alert(session: Session, patient_id: str, template: str, key: str) -> None:
+        account = accounts.account_for_patient(patient_id)
+        if account is not None:
+            notifier.notify(session, account.id, template, key=key)
+
+    access.use_alerts(alert)
     portal = Portal(
         settings=settings,
         db=db,
@@ -144,6 +160,7 @@ def build_portal(settings: Settings) -> Portal:
         ),
         pdf=PdfRenderer(),
         access=access,
+        cases=CaseService(db=db, ledger=ledger, access=access),
         api=IntegrationService(
             db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
         ),
@@ -159,3 +176,8 @@ def _register_jobs(portal: Portal) -> None:
         return {"tree_size": row.tree_size}
 
     portal.jobs.register(CHECKPOINT_JOB, checkpoint)
+
+    def sweep(_ctx: JobContext) -> dict[str, Any]:
+        return {"deleted": portal.access.sweep(portal.settings.access_retention_years)}
+
+    portal.jobs.register(ACCESS_SWEEP_JOB, sweep)

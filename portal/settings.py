@@ -51,6 +51,7 @@ class Settings:
     controller_name: str = "Example Health (synthetic demo)"
     mrn_system: str = "urn:oid:2.16.840.1.113883.19.5"
     checkpoint_interval_seconds: float = 300.0
+    access_retention_years: int = 6
     demo: bool = False
     # Derived values; not settable from the environment.
     resolved: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -121,6 +122,8 @@ class Settings:
             found.append("PORTAL_WEB_PROCESSES and PORTAL_WORKER_THREADS must be at least 1")
         if self.max_body_bytes < 1024:
             found.append("PORTAL_MAX_BODY_BYTES must be at least 1024")
+        if self.access_retention_years < 3:
+            found.append("PORTAL_ACCESS_RETENTION_YEARS must be at least 3 (access logs are evidence)")
         if self.erasure_waiting_days < 0:
             found.append("PORTAL_ERASURE_WAITING_DAYS must not be negative")
         return found
@@ -168,6 +171,7 @@ _ENV_FIELDS: dict[str, type] = {
     "controller_name": str,
     "mrn_system": str,
     "checkpoint_interval_seconds": float,
+    "access_retention_years": int,
 }
 
 

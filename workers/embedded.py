@@ -27,7 +27,8 @@ class Watchdog:
         self._runner = runner
         self._interval = interval_seconds
         self._periodic = list(periodic)
-        self._last_run = [0.0 for _ in self._periodic]
+        # Due at the first tick: a process that restarts often must still run its daily jobs.
+        self._last_run = [float("-inf") for _ in self._periodic]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="portal-watchdog", daemon=True)
 

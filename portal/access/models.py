@@ -32,3 +32,55 @@ class AccessEvent(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AccessCase(Base):
+    """A patient's question about one access, answered by the privacy office within 30 days."""
+
+    __tablename__ = "access_cases"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), index=True)
+    access_event_id: Mapped[str] = mapped_column(ForeignKey("access_events.id"))
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | awaiting_patient | closed
+    finding: Mapped[str | None] = mapped_column(String(20), nullable=True)  # justified | not_justified | referred
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    assignee: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class CaseMessage(Base):
+    """One message in a case: the patient's question and replies, officers' questions and the explanation.
+    The text is the patient's or about the patient, so it is encrypted under their access-log key."""
+
+    __tablename__ = "access_case_messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("access_cases.id"), index=True)
+    author: Mapped[str] = mapped_column(String(60))  # patient:<id> | staff:<id>
+    kind: Mapped[str] = mapped_column(String(20))  # question | reply | request | finding
+    key_version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AlertPreference(Base):
+    __tablename__ = "access_alert_preferences"
+
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    new_organisation: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DisclosureAccounting(Base):
+    """A request for an accounting of disclosures (HIPAA 45 CFR 164.528); the first in 12 months is free."""
+
+    __tablename__ = "disclosure_accountings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), index=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    disclosures: Mapped[int] = mapped_column(Integer)
+    free: Mapped[bool] = mapped_column(Boolean)

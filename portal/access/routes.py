@@ -85,6 +85,7 @@ def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int]
             "organisations": portal.access.organisations(patient_id),
             "actions": ACTIONS,
             "purposes": PURPOSE_WORDS,
+            "alerts": portal.access.alerts(patient_id),
         },
     )
 

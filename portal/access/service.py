@@ -12,13 +12,13 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from portal.access.balp import AccessFacts, BalpError, parse_audit_event
-from portal.access.models import AccessEvent
+from portal.access.models import AccessCase, AccessEvent, AlertPreference, CaseMessage, DisclosureAccounting
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
 from portal.records.service import RecordStore
@@ -26,6 +26,14 @@ from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
 from portal.security.keystore import KeyDestroyedError, KeyStore
 
 MAX_BATCH = 10_000
+ACCOUNTING_YEARS = 6
+TPO_PURPOSES = {"TREAT", "ETREAT", "HPAYMT", "HOPERAT"}  # excluded from an accounting (164.528(a)(1))
+
+
+class AlertSender(Protocol):
+    def __call__(self, session: Session, patient_id: str, template: str, key: str) -> None: ...
+
+
 CATEGORY = "access_log"
 PAGE_SIZE = 25
 ACTIONS = ("read", "query", "create", "update", "delete", "disclose")
@@ -116,6 +124,7 @@ class AccessLog:
         staff_name: Callable[[str], str | None],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self._alert: AlertSender | None = None
         self.db = db
         self.ledger = ledger
         self.records = records
@@ -159,12 +168,16 @@ class AccessLog:
             )
             events: list[AuditEvent] = []
             seen: set[str] = set()
+            orgs_seen = self._known_organisations(session, {patient_id for _i, _f, patient_id, _k in parsed})
             for index, facts, patient_id, key in parsed:
                 if key in known or key in seen:
                     result.lines.append(LineResult(index, "duplicate", "already recorded"))
                     continue
                 seen.add(key)
                 row_id = self._add(session, patient_id, key, facts, origin="api")
+                org = (patient_id, self._org_index(facts.organisation))
+                self._alerts_for(session, patient_id, facts, row_id, new_org=org not in orgs_seen)
+                orgs_seen.add(org)
                 result.lines.append(LineResult(index, "accepted", id=row_id))
                 events.append(
                     AuditEvent(
@@ -180,11 +193,16 @@ class AccessLog:
                 )
             self.ledger.append_many(session, events)
 
+    def _known_organisations(self, session: Session, patients: set[str]) -> set[tuple[str, str]]:
+        rows = session.execute(
+            select(AccessEvent.patient_id, AccessEvent.org_index).distinct().where(AccessEvent.patient_id.in_(patients))
+        ).all()
+        return {(patient_id, org) for patient_id, org in rows}
+
     def _add(self, session: Session, patient_id: str, source_key: str, facts: AccessFacts, *, origin: str) -> str:
         row_id = new_id()
-        key = self.keys.data_key(patient_id, CATEGORY, create=True)
         details = {k: v for k, v in asdict(facts).items() if k not in {"patient_identifier", "occurred_at"}}
-        body = encrypt_field(key.dek, json.dumps(details).encode(), _context(patient_id, row_id, key.version))
+        version, body = self.seal(patient_id, "access_events", row_id, json.dumps(details).encode())
         session.add(
             AccessEvent(
                 id=row_id,
@@ -198,7 +216,7 @@ class AccessLog:
                 origin=origin,
                 org_index=self._org_index(facts.organisation),
                 role_index=self._role_index(facts.role),
-                key_version=key.version,
+                key_version=version,
                 body=body,
             )
         )
@@ -212,6 +230,102 @@ class AccessLog:
 
     def _role_index(self, role: str | None) -> str:
         return self.records.blind("access-role", role or "unknown")
+
+    def use_alerts(self, sender: AlertSender) -> None:
+        """Who tells patients about emergency accesses and new organisations (the notifier)."""
+        self._alert = sender
+
+    def _alerts_for(self, session: Session, patient_id: str, facts: AccessFacts, row_id: str, new_org: bool) -> None:
+        if self._alert is None:
+            return
+        preference = session.get(AlertPreference, patient_id)
+        if preference is None:
+            return
+        if preference.emergency and facts.emergency:
+            self._alert(session, patient_id, "access_emergency", row_id)
+        if preference.new_organisation and new_org:
+            self._alert(session, patient_id, "access_new_organisation", row_id)
+
+    def set_alerts(self, patient_id: str, *, emergency: bool, new_organisation: bool) -> None:
+        with self.db.write() as session:
+            preference = session.get(AlertPreference, patient_id) or AlertPreference(patient_id=patient_id)
+            preference.emergency, preference.new_organisation = emergency, new_organisation
+            session.add(preference)
+            self.ledger.append(
+                session,
+                AuditEvent(
+                    action="access.alerts_changed",
+                    actor=f"patient:{patient_id}",
+                    subject=patient_id,
+                    details={"emergency": emergency, "new_organisation": new_organisation},
+                ),
+            )
+
+    def alerts(self, patient_id: str) -> AlertPreference:
+        with self.db.read() as session:
+            return session.get(AlertPreference, patient_id) or AlertPreference(
+                patient_id=patient_id, emergency=False, new_organisation=False
+            )
+
+    # ================================================================== accounting of disclosures
+
+    def accounting(self, patient_id: str, *, actor: str) -> tuple[DisclosureAccounting, list[TimelineEntry]]:
+        """Disclosures of the last six years other than for treatment, payment and operations (164.528);
+        the first accounting in any 12 months is free."""
+        now = self.clock()
+        since = now - timedelta(days=ACCOUNTING_YEARS * 365 + 2)
+        entries = [
+            e
+            for e in self.all_entries(patient_id, TimelineFilter(start=since, action="disclose"))
+            if e.purpose not in TPO_PURPOSES
+        ]
+        with self.db.write() as session:
+            recent = session.scalar(
+                select(func.count())
+                .select_from(DisclosureAccounting)
+                .where(
+                    DisclosureAccounting.patient_id == patient_id,
+                    DisclosureAccounting.requested_at > now - timedelta(days=365),
+                )
+            )
+            record = DisclosureAccounting(
+                patient_id=patient_id, requested_at=now, period_start=since, disclosures=len(entries), free=not recent
+            )
+            session.add(record)
+            self.ledger.append(
+                session,
+                AuditEvent(
+                    action="access.accounting",
+                    actor=actor,
+                    subject=patient_id,
+                    details={"disclosures": len(entries), "free": not recent},
+                ),
+            )
+        return record, entries
+
+    # ================================================================== retention
+
+    def sweep(self, retention_years: int) -> int:
+        """Delete accesses older than the retention period (cases still open keep theirs); the sweep is logged."""
+        cutoff = self.clock() - timedelta(days=retention_years * 365)
+        with self.db.write() as session:
+            kept = select(AccessCase.access_event_id).where(AccessCase.status != "closed")
+            old = select(AccessEvent.id).where(AccessEvent.occurred_at < cutoff, AccessEvent.id.not_in(kept))
+            ids = list(session.scalars(old))
+            if ids:
+                closed = select(AccessCase.id).where(AccessCase.access_event_id.in_(ids))
+                session.execute(delete(CaseMessage).where(CaseMessage.case_id.in_(closed)))
+                session.execute(delete(AccessCase).where(AccessCase.access_event_id.in_(ids)))
+                session.execute(delete(AccessEvent).where(AccessEvent.id.in_(ids)))
+            self.ledger.append(
+                session,
+                AuditEvent(
+                    action="access.retention_sweep",
+                    actor="system:retention",
+                    details={"deleted": len(ids), "retention_years": retention_years, "cutoff": cutoff.isoformat()},
+                ),
+            )
+        return len(ids)
 
     # ================================================================== the portal's own reads
 
@@ -264,13 +378,13 @@ class AccessLog:
                 .limit(page_size)
                 .offset((max(page, 1) - 1) * page_size)
             ).all()
-        return [self._entry(row) for row in rows], int(total)
+        return [self.entry(row) for row in rows], int(total)
 
     def all_entries(self, patient_id: str, flt: TimelineFilter) -> list[TimelineEntry]:
         query = self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
         with self.db.read() as session:
             rows = session.scalars(query.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)).all()
-        return [self._entry(row) for row in rows]
+        return [self.entry(row) for row in rows]
 
     def _filtered(self, query: Any, flt: TimelineFilter) -> Any:
         if flt.start is not None:
@@ -291,14 +405,22 @@ class AccessLog:
             query = query.where(AccessEvent.agent_kind == flt.agent_kind)
         return query
 
-    def _entry(self, row: AccessEvent) -> TimelineEntry:
+    def seal(self, patient_id: str, table: str, row_id: str, plaintext: bytes) -> tuple[int, bytes]:
+        """Encrypt under the patient's access-log key (bound to table and row); returns (key version, blob)."""
+        key = self.keys.data_key(patient_id, CATEGORY, create=True)
+        return key.version, encrypt_field(key.dek, plaintext, _context(patient_id, table, row_id, key.version))
+
+    def open(self, patient_id: str, table: str, row_id: str, version: int, blob: bytes) -> bytes | None:
+        """The plaintext, or None once the patient's access log was erased (its key destroyed)."""
         try:
-            dek = self.keys.key_version(row.patient_id, CATEGORY, row.key_version)
-            details: dict[str, Any] | None = json.loads(
-                decrypt_field(dek, row.body, _context(row.patient_id, row.id, row.key_version))
-            )
+            dek = self.keys.key_version(patient_id, CATEGORY, version)
         except KeyDestroyedError:
-            details = None
+            return None
+        return decrypt_field(dek, blob, _context(patient_id, table, row_id, version))
+
+    def entry(self, row: AccessEvent) -> TimelineEntry:
+        plaintext = self.open(row.patient_id, "access_events", row.id, row.key_version, row.body)
+        details: dict[str, Any] | None = json.loads(plaintext) if plaintext is not None else None
         entry = TimelineEntry(
             row.id, row.occurred_at, row.action, row.purpose, row.emergency, row.agent_kind, row.origin, details, ""
         )
@@ -364,5 +486,5 @@ class AccessLog:
         return sorted({(e.details or {}).get("organisation") or "" for e in entries} - {""})
 
 
-def _context(patient_id: str, row_id: str, version: int) -> FieldContext:
-    return FieldContext(patient_id=patient_id, table="access_events", column="body", row_id=row_id, key_version=version)
+def _context(patient_id: str, table: str, row_id: str, version: int) -> FieldContext:
+    return FieldContext(patient_id=patient_id, table=table, column="body", row_id=row_id, key_version=version)

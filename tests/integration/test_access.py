@@ -214,3 +214,142 @@ def test_incomplete_events_are_refused_with_the_reason(client: Client, portal: P
     event.pop(missing)
     body = _post(client, _token(portal), json.dumps(event), "application/json").json()
     assert body["rejected"] == 1 and body["lines"][0]["reason"]
+
+
+def _patient_with_events(client: Client, portal: Portal, events: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+    """An enrolled, signed-in patient with some ingested accesses; returns (MRN, patient id)."""
+    mrn = enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    token = _token(portal)
+    body = "\n".join(json.dumps(e) for e in (events or [balp_event("c1", mrn), balp_event("c2", mrn, org="Lab Co")]))
+    assert _post(client, token, body).status_code == 200
+    return mrn, patient_id
+
+
+def test_question_an_access_and_read_the_finding(client: Client, portal: Portal, app: Litestar) -> None:
+    from tests.conftest import sign_in
+    from tests.support.accounts import post_form
+
+    _mrn, patient_id = _patient_with_events(client, portal)
+    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    target = entries[0]
+    assert client.get(f"/access/{target.id}/question").status_code == 200
+    empty = post_form(client, f"/access/{target.id}/question", {"text": "  "})
+    assert empty.status_code == 400 and "say why" in empty.text
+    opened = post_form(client, f"/access/{target.id}/question", {"text": "I have never been to Lab Co."})
+    assert opened.status_code == 303
+    case_url = opened.headers["location"]
+    case_id = case_url.rsplit("/", 1)[1]
+    assert "Being looked into" in client.get(case_url).text
+    with TestClient(app, base_url=ORIGIN) as staff:
+        sign_in(staff, portal, kind="staff", roles=frozenset({"privacy_officer"}))
+        queue = staff.get("/staff/cases")
+        assert "30 days left" in queue.text or "29 days left" in queue.text
+        page = staff.get(f"/staff/cases/{case_id}")
+        assert page.status_code == 200 and "I have never been to Lab Co." in page.text
+        assert post_form(staff, f"/staff/cases/{case_id}/ask", {"text": "Which lab do you use?"}).status_code == 303
+        assert "asked you for more information" in client.get(case_url).text
+        assert post_form(client, f"{case_url}/reply", {"text": "Only the hospital lab."}).status_code == 303
+        bad = post_form(staff, f"/staff/cases/{case_id}/close", {"finding": "maybe", "text": "x"})
+        assert bad.status_code == 400 and "choose a finding" in bad.text
+        closed = post_form(
+            staff,
+            f"/staff/cases/{case_id}/close",
+            {"finding": "justified", "text": "Lab Co runs the hospital's tests under contract."},
+        )
+        assert closed.status_code == 303
+    final = client.get(case_url).text
+    assert "The access was justified" in final and "runs the hospital&#39;s tests under contract" in final
+    actions = [e["action"] for e in portal.ledger.entries_for_subject(patient_id, limit=500)]
+    for step in (
+        "access.case_opened",
+        "access.case_request",
+        "access.case_reply",
+        "access.case_closed",
+        "access.case_context_viewed",
+    ):
+        assert step in actions
+
+
+def test_someone_elses_case_is_not_found(client: Client, portal: Portal) -> None:
+    other_mrn, _ = new_patient(portal, seed=909)
+    other = portal.records.find_by_mrn(other_mrn)
+    assert other is not None
+    _post(client, _token(portal), json.dumps(balp_event("o1", other_mrn)))
+    other_event = portal.access.timeline(other, TimelineFilter())[0][0]
+    case = portal.cases.open_case(other, other_event.id, "why?", actor="patient:x")
+    enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    assert client.get(f"/access/cases/{case.id}").status_code == 404
+    assert client.get(f"/access/{other_event.id}/question").status_code == 404
+
+
+def test_alerts_for_emergency_and_new_organisations(client: Client, portal: Portal) -> None:
+    from portal.jobs.models import Job
+    from tests.support.accounts import post_form
+
+    mrn, _patient_id = _patient_with_events(client, portal)
+    assert post_form(client, "/access/alerts", {"emergency": "1", "new_organisation": "1"}).status_code == 303
+    with portal.db.read() as session:
+        before = session.scalar(select(func.count()).select_from(Job).where(Job.kind == "notify.email"))
+    token = _token(portal)
+    _post(
+        client,
+        token,
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                balp_event("n1", mrn),  # a known organisation, not an emergency: no alert
+                balp_event("n2", mrn, org="Faraway Clinic"),  # a new organisation
+                balp_event("n3", mrn, purpose="ETREAT", btg="trauma"),  # an emergency
+            ]
+        ),
+    )
+    with portal.db.read() as session:
+        payloads = [job.payload for job in session.scalars(select(Job).where(Job.kind == "notify.email"))]
+    templates = sorted(p["template"] for p in payloads[before or 0 :])
+    assert templates == ["access_emergency", "access_new_organisation"]
+
+
+def test_accounting_of_disclosures_excludes_tpo_and_is_free_once_a_year(client: Client, portal: Portal) -> None:
+    from tests.support.accounts import post_form
+    from tests.support.pdf import is_tagged_pdf_ua
+
+    mrn = enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    disclosure = balp_event("d1", mrn, purpose="PUBHLTH", recorded="2026-09-01T10:00:00Z")
+    disclosure["type"] = {"system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "code": "disclose"}
+    disclosure["agent"].append(
+        {"type": {"coding": [{"code": "IRCP"}]}, "who": {"display": "State Cancer Registry"}, "requestor": False}
+    )
+    treatment = balp_event("d2", mrn, purpose="TREAT")
+    treatment["type"] = disclosure["type"]
+    _post(client, _token(portal), "\n".join(json.dumps(e) for e in (disclosure, treatment)))
+    first = post_form(client, "/access/accounting")
+    assert first.status_code == 200 and is_tagged_pdf_ua(first.content)
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    record, entries = portal.access.accounting(patient_id, actor="patient:x")
+    assert len(entries) == 1 and entries[0].details and entries[0].details["recipient"] == "State Cancer Registry"
+    assert record.free is False, "the second in 12 months is not free"
+
+
+def test_retention_sweep_deletes_old_accesses_and_is_logged(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    _post(
+        client,
+        _token(portal),
+        "\n".join(
+            json.dumps(e) for e in (balp_event("old", mrn, recorded="2015-01-01T00:00:00Z"), balp_event("new", mrn))
+        ),
+    )
+    assert portal.access.sweep(6) == 1
+    with portal.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AccessEvent)) == 1
+    with portal.db.engine.connect() as conn:
+        from sqlalchemy import text
+
+        logged = conn.execute(text("SELECT count(*) FROM ledger_entries WHERE action = 'access.retention_sweep'"))
+        assert logged.scalar() == 1
+    from portal.settings import Settings
+
+    assert "at least 3" in Settings(access_retention_years=2).complete().problems()[0]
