@@ -463,27 +463,55 @@ class AccessLog:
     # ================================================================== summaries
 
     def weekly_by_organisation(self, patient_id: str, flt: TimelineFilter) -> tuple[list[str], dict[str, list[int]]]:
-        """Accesses per ISO week (oldest first) for each organisation, for the chart and its table."""
-        entries = self.all_entries(patient_id, flt)
-        if not entries:
+        """Accesses per ISO week (oldest first) for each organisation, for the chart and its table.
+
+        Counted from clear columns (time and the organisation's blind index); only one access per
+        organisation is decrypted, to learn its name.
+        """
+        query = self._filtered(
+            select(AccessEvent.occurred_at, AccessEvent.org_index).where(AccessEvent.patient_id == patient_id), flt
+        )
+        with self.db.read() as session:
+            rows = session.execute(query).all()
+        if not rows:
             return [], {}
-        last = max(e.occurred_at for e in entries)
-        first = min(e.occurred_at for e in entries)
+        first = min(when for when, _org in rows)
+        last = max(when for when, _org in rows)
         weeks: list[str] = []
-        cursor = first - timedelta(days=first.weekday())
+        cursor = (first - timedelta(days=first.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
         while cursor <= last:
             weeks.append(cursor.strftime("%G-W%V"))
             cursor += timedelta(days=7)
+        position = {week: i for i, week in enumerate(weeks)}
+        names = self._organisation_names(patient_id)
         counts: dict[str, list[int]] = {}
-        for entry in entries:
-            org = (entry.details or {}).get("organisation") or "Erased"
-            series = counts.setdefault(org, [0] * len(weeks))
-            series[weeks.index(entry.occurred_at.strftime("%G-W%V"))] += 1
+        for when, org in rows:
+            series = counts.setdefault(names.get(org, "Erased"), [0] * len(weeks))
+            series[position[when.strftime("%G-W%V")]] += 1
         return weeks, counts
 
     def organisations(self, patient_id: str) -> list[str]:
-        entries = self.all_entries(patient_id, TimelineFilter())
-        return sorted({(e.details or {}).get("organisation") or "" for e in entries} - {""})
+        return sorted(set(self._organisation_names(patient_id).values()) - {"Erased"})
+
+    def _organisation_names(self, patient_id: str) -> dict[str, str]:
+        """Organisation blind index -> name, decrypting a single access per organisation."""
+        with self.db.read() as session:
+            picks = session.execute(
+                select(AccessEvent.org_index, func.min(AccessEvent.id))
+                .where(AccessEvent.patient_id == patient_id)
+                .group_by(AccessEvent.org_index)
+            ).all()
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(AccessEvent).where(AccessEvent.id.in_([event_id for _org, event_id in picks]))
+                )
+            }
+        names = {}
+        for org, event_id in picks:
+            details = self.entry(rows[event_id]).details
+            names[org] = (details or {}).get("organisation") or "Erased"
+        return names
 
 
 def _context(patient_id: str, table: str, row_id: str, version: int) -> FieldContext:

@@ -353,3 +353,21 @@ def test_retention_sweep_deletes_old_accesses_and_is_logged(client: Client, port
     from portal.settings import Settings
 
     assert "at least 3" in Settings(access_retention_years=2).complete().problems()[0]
+
+
+def test_weekly_chart_counts_every_access_in_its_week(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    times = ["2026-10-05T10:00:00Z", "2026-10-11T23:00:00Z", "2026-10-12T09:00:00Z", "2026-10-26T08:00:00Z"]
+    _post(
+        client,
+        _token(portal),
+        "\n".join(
+            json.dumps(balp_event(f"w{i}", mrn, recorded=t, org="A" if i % 2 else "B")) for i, t in enumerate(times)
+        ),
+    )
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    weeks, series = portal.access.weekly_by_organisation(patient_id, TimelineFilter())
+    assert weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
+    assert series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
+    assert portal.access.organisations(patient_id) == ["A", "B"]
