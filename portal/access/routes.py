@@ -186,4 +186,25 @@ def _audit_event(patient_id: str, entry: Any) -> dict[str, Any]:
     return resource
 
 
-ROUTES = [access_page, access_csv, access_ndjson]
+PDF_ROW_LIMIT = 2000
+
+
+@get("/access/history.pdf", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
+def access_pdf(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
+    """The history as an accessible PDF; very long histories are capped with a pointer to the CSV."""
+    params = _params(request)
+    entries = portal.access.all_entries(_patient_id(request, portal), _filter(params))
+    pdf = portal.pdf.render(
+        "access_history.html",
+        entries=entries,
+        limit=PDF_ROW_LIMIT,
+        filtered=any(params.values()),
+        controller=portal.settings.controller_name,
+        generated=portal.access.clock(),
+    )
+    return Response(
+        pdf, media_type="application/pdf", headers={"Content-Disposition": 'attachment; filename="access-history.pdf"'}
+    )
+
+
+ROUTES = [access_page, access_csv, access_ndjson, access_pdf]

@@ -166,6 +166,8 @@ def test_patient_sees_plain_language_timeline_with_filters(client: Client, porta
     assert "1 access matches" in org.text
     more = client.get("/access", params={"page": "2"}, headers={"hx-request": "true"})
     assert more.text.lstrip().startswith('<tbody id="access-rows">') and more.text.count("<tr") >= 6
+    pdf = client.get("/access/history.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     csv_text = client.get("/access/history.csv").text
     assert csv_text.count("\n") == 32 and "City Emergency Hospital" in csv_text
     ndjson = client.get("/access/history.ndjson").text.strip().splitlines()
