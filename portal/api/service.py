@@ -35,7 +35,7 @@ from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
 from portal.records.service import MRN_TYPE_CODE, BundleRejectedError, ImportProblem, ImportResult, RecordStore
 from portal.security.keystore import KeyStore
-from portal.security.ratelimit import Limit, RateLimiter
+from portal.security.ratelimit import Limit, LocalRateLimiter, RateLimiter
 from portal.security.secrets import SECRET_HASHER
 from portal.security.sessions import Principal
 
@@ -65,7 +65,7 @@ class ApiRateLimits:
 
     token_per_client: int = 30
     token_per_address: int = 120
-    api_per_client: int = 1200
+    api_per_client: int = 60_000  # per process: capacity protection, not a guessing limit
     window_seconds: int = 60
 
 
@@ -144,6 +144,7 @@ class IntegrationService:
         self.audience = f"{origin}/api/v1"
         self.clock = clock
         self.limits = limits or ApiRateLimits()
+        self.api_limiter = LocalRateLimiter()
 
     # ------------------------------------------------------------------ clients (privacy admin)
 
@@ -452,7 +453,7 @@ class IntegrationService:
         if client is None:
             raise InvalidAccessTokenError("unknown client")
         # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
-        self.limiter.check(self.api_limits(client.id))
+        self.api_limiter.check(self.api_limits(client.id))
         if not client.is_active:
             self.ledger.record(
                 AuditEvent(

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.audit.ledger import AuditEvent, Ledger
+from portal.cache import TtlCache
 from portal.consent.defaults import DEFAULT_PURPOSES
 from portal.consent.fhir import consent_resource
 from portal.consent.models import ConsentDecision, ConsentEvent, ConsentPurpose, NoticeVersion
@@ -35,6 +36,7 @@ from portal.security.keystore import KeyStore
 EVENTS = {"grant": "granted", "withdraw": "withdrawn"}
 CHANNELS = ("portal", "staff", "api")
 CONSENT_NAMESPACE = uuid.UUID("6c1f3d2e-5d0a-4c39-9f6e-8d1c2b7a4e10")
+PURPOSE_CACHE_SECONDS = 5.0  # a newly published notice reaches decisions within this time
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False})
 
 
@@ -100,6 +102,7 @@ class ConsentService:
         self.controller = controller
         self.contact = contact
         self.clock = clock
+        self._purpose_cache: TtlCache[tuple[ConsentPurpose, NoticeVersion] | None] = TtlCache(PURPOSE_CACHE_SECONDS)
 
     # ================================================================== purposes and notices
 
@@ -270,6 +273,7 @@ class ConsentService:
                 raise ConsentError("this notice is already published and can no longer change")
             now = self.clock()
             notice.published_at, notice.effective_at = now, now
+            self._purpose_cache.clear()
             self.ledger.append(
                 session,
                 AuditEvent(
@@ -501,25 +505,33 @@ class ConsentService:
     # ================================================================== the decision API
 
     def decide(self, *, patient: str, purpose: str, recipient: str | None, actor: str) -> Decision:
-        """Permit or deny one use for one patient; every check is recorded in the ledger."""
+        """Permit or deny one use for one patient; every check is recorded in the ledger.
+
+        The hot path of other systems: purposes and their current notices come from a short-lived
+        cache, the patient's choice from one query, and the audit entry is group-committed.
+        """
         if not patient.strip():
             raise DecisionInputError("patient", "the patient parameter is required")
         if not purpose.strip():
             raise DecisionInputError("purpose", "the purpose parameter is required")
+        cached = self._purpose_cache.get(purpose, lambda: self._load_purpose(purpose))
+        if cached is None:
+            raise DecisionInputError("purpose", f"unknown purpose {purpose!r}")
+        found, current = cached
+        if recipient is not None and recipient not in found.recipient_list:
+            raise DecisionInputError("recipient", f"{recipient!r} is not a recipient named by this purpose")
         patient_id = self._find_patient(patient)
         if patient_id is None:
             raise DecisionInputError("patient", "no patient has that identifier")
         with self.db.read() as session:
-            found = session.get(ConsentPurpose, purpose)
-            if found is None or not found.active:
-                raise DecisionInputError("purpose", f"unknown purpose {purpose!r}")
-            if recipient is not None and recipient not in found.recipient_list:
-                raise DecisionInputError("recipient", f"{recipient!r} is not a recipient named by this purpose")
-            decision = session.get(ConsentDecision, (patient_id, purpose))
-            seen = session.get(NoticeVersion, decision.notice_version_id) if decision else None
-            current = self.current_notice(session, purpose)
+            row = session.execute(
+                select(ConsentDecision, NoticeVersion)
+                .join(NoticeVersion, NoticeVersion.id == ConsentDecision.notice_version_id)
+                .where(ConsentDecision.patient_id == patient_id, ConsentDecision.purpose_code == purpose)
+            ).first()
+        decision, seen = (row[0], row[1]) if row is not None else (None, None)
         result = _decision(found, decision, seen, current, consent_id(patient_id, purpose))
-        self.ledger.record(
+        self.ledger.record_grouped(
             AuditEvent(
                 action="consent.check",
                 actor=actor,
@@ -531,6 +543,13 @@ class ConsentService:
             )
         )
         return result
+
+    def _load_purpose(self, code: str) -> tuple[ConsentPurpose, NoticeVersion] | None:
+        with self.db.read() as session:
+            found = session.get(ConsentPurpose, code)
+            if found is None or not found.active:
+                return None
+            return found, self.current_notice(session, code)
 
     def _find_patient(self, identifier: str) -> str | None:
         system, sep, value = identifier.rpartition("|")

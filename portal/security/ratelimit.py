@@ -8,6 +8,8 @@ the limiter fail must not get unlimited guesses.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,3 +94,32 @@ class RateLimiter:
             bucket = session.get(RateLimitBucket, key)
             if bucket is not None:
                 session.delete(bucket)
+
+
+class LocalRateLimiter:
+    """Fixed-window limits counted in this process's memory, for authenticated API calls.
+
+    Guessing is what the shared, fail-closed limiter guards against (sign-in, tokens); an API call
+    already carries a verified token, so its per-client limit only protects capacity. Counting it
+    in memory spares every call a locked database write; with N web processes a client may make up
+    to N times the limit.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, limits: Iterable[Limit]) -> None:
+        now = self._clock()
+        worst: int | None = None
+        with self._lock:
+            for limit in limits:
+                start, count = self._windows.get(limit.key, (now, 0))
+                if now - start >= limit.window_seconds:
+                    start, count = now, 0
+                self._windows[limit.key] = (start, count + 1)
+                if count + 1 > limit.limit:
+                    worst = max(worst or 0, math.ceil(start + limit.window_seconds - now))
+        if worst is not None:
+            raise TooManyRequestsError(worst)

@@ -294,7 +294,9 @@ def test_rate_limits_fail_closed_when_their_store_fails(
         refused = request_tokens(client, client_id, secret)
         assert refused.status_code == 429
         assert "retry-after" in refused.headers
-        assert post_records(client, token).status_code == 429
+        # API calls carry a verified token; their per-client limit is counted in memory (capacity,
+        # not guessing), so they do not depend on the shared store.
+        assert is_authenticated(post_records(client, token))
     finally:
         portal.limiter.db.dispose()
         portal.limiter.db = working

@@ -5,15 +5,19 @@ from __future__ import annotations
 import re
 import zlib
 
-STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+# A stream's dictionary gives its exact byte length; slicing by it (not searching for the word
+# "endstream", which compressed bytes can contain) reads every stream whole.
+STREAM = re.compile(rb"/Length (\d+)(?:(?!>>).)*>>\s*stream\r?\n", re.S)
 
 
 def pdf_text(pdf: bytes) -> bytes:
     """The PDF with every Flate stream decompressed and appended, for substring checks."""
     parts = [pdf]
     for match in STREAM.finditer(pdf):
+        start = match.end()
+        data = pdf[start : start + int(match.group(1))]
         try:
-            parts.append(zlib.decompress(match.group(1)))
+            parts.append(zlib.decompress(data))
         except zlib.error:
             continue
     return b"\n".join(parts)
