@@ -14,7 +14,7 @@ from portal.access.cases import FINDINGS, CaseError
 from portal.access.service import TimelineFilter
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
-from portal.web.deps import PortalDep
+from portal.web.deps import PortalDep, patient_id_of
 
 AnyRequest = Request[Principal, WebSession, Any]
 
@@ -36,13 +36,6 @@ class AlertsForm:
     new_organisation: str = ""
 
 
-def _patient_id(request: AnyRequest, portal: Any) -> str:
-    account = portal.accounts.account(request.user.subject_id)
-    if account is None or account.patient_id is None:
-        raise NotFoundException("not a patient account")
-    return str(account.patient_id)
-
-
 def _actor(request: AnyRequest) -> str:
     return f"{request.user.kind}:{request.user.subject_id}"
 
@@ -52,7 +45,7 @@ def _actor(request: AnyRequest) -> str:
 
 @get("/access/{event_id:str}/question", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def question_form(event_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Template:
-    entries = portal.access.all_entries(_patient_id(request, portal), _all())
+    entries = portal.access.all_entries(patient_id_of(request, portal), _all())
     entry = next((e for e in entries if e.id == event_id), None)
     if entry is None:
         raise NotFoundException("no such access in your history")
@@ -74,9 +67,9 @@ def open_case(
     event_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[TextForm], portal: PortalDep
 ) -> Redirect | Template:
     try:
-        case = portal.cases.open_case(_patient_id(request, portal), event_id, data.text, actor=_actor(request))
+        case = portal.cases.open_case(patient_id_of(request, portal), event_id, data.text, actor=_actor(request))
     except CaseError as exc:
-        entries = portal.access.all_entries(_patient_id(request, portal), _all())
+        entries = portal.access.all_entries(patient_id_of(request, portal), _all())
         entry = next((e for e in entries if e.id == event_id), None)
         if entry is None:
             raise NotFoundException("no such access in your history") from None
@@ -92,14 +85,14 @@ def open_case(
 def my_cases(request: AnyRequest, portal: PortalDep) -> Template:
     return Template(
         template_name="patient/cases.html",
-        context={"active": "access", "cases": portal.cases.patient_cases(_patient_id(request, portal))},
+        context={"active": "access", "cases": portal.cases.patient_cases(patient_id_of(request, portal))},
     )
 
 
 @get("/access/cases/{case_id:str}", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def my_case(case_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Template:
     try:
-        view = portal.cases.view(case_id, patient_id=_patient_id(request, portal))
+        view = portal.cases.view(case_id, patient_id=patient_id_of(request, portal))
     except CaseError:
         raise NotFoundException("no such case") from None
     return Template(template_name="patient/case.html", context={"active": "access", "view": view, "findings": FINDINGS})
@@ -114,7 +107,7 @@ def my_case(case_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> T
 )
 def reply(case_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[TextForm], portal: PortalDep) -> Redirect:
     try:
-        portal.cases.patient_reply(_patient_id(request, portal), case_id, data.text, actor=_actor(request))
+        portal.cases.patient_reply(patient_id_of(request, portal), case_id, data.text, actor=_actor(request))
     except CaseError:
         raise NotFoundException("no such open case") from None
     return Redirect(f"/access/cases/{case_id}?sent=1", status_code=303)
@@ -123,7 +116,7 @@ def reply(case_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[Text
 @post("/access/alerts", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False, status_code=303)
 def set_alerts(request: AnyRequest, data: URLEncodedBody[AlertsForm], portal: PortalDep) -> Redirect:
     portal.access.set_alerts(
-        _patient_id(request, portal), emergency=data.emergency == "1", new_organisation=data.new_organisation == "1"
+        patient_id_of(request, portal), emergency=data.emergency == "1", new_organisation=data.new_organisation == "1"
     )
     return Redirect("/access?alerts=saved#alerts-heading", status_code=303)
 
@@ -131,7 +124,7 @@ def set_alerts(request: AnyRequest, data: URLEncodedBody[AlertsForm], portal: Po
 @post("/access/accounting", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def accounting(request: AnyRequest, portal: PortalDep) -> Response[bytes]:
     """HIPAA accounting of disclosures, as a PDF (generated at once; the request is recorded)."""
-    record, entries = portal.access.accounting(_patient_id(request, portal), actor=_actor(request))
+    record, entries = portal.access.accounting(patient_id_of(request, portal), actor=_actor(request))
     pdf = portal.pdf.render(
         "accounting.html", record=record, entries=entries, controller=portal.settings.controller_name
     )

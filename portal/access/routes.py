@@ -17,15 +17,9 @@ from portal.access.chart import weekly_chart
 from portal.access.service import ACTIONS, PURPOSE_WORDS, TimelineFilter
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
-from portal.web.deps import PortalDep
+from portal.web.deps import PortalDep, patient_id_of
 
 PatientRequest = Request[Principal, WebSession, Any]
-
-
-def _patient_id(request: PatientRequest, portal: Any) -> str:
-    account = portal.accounts.account(request.user.subject_id)
-    assert account is not None and account.patient_id is not None
-    return str(account.patient_id)
 
 
 def _day(value: str | None, *, end: bool = False) -> datetime | None:
@@ -59,7 +53,7 @@ def _params(request: PatientRequest) -> dict[str, str | None]:
 
 @get("/access", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int] = 1) -> Template:
-    patient_id = _patient_id(request, portal)
+    patient_id = patient_id_of(request, portal)
     params = _params(request)
     flt = _filter(params)
     entries, total = portal.access.timeline(patient_id, flt, page=max(page, 1))
@@ -96,7 +90,7 @@ def _query(params: dict[str, str | None]) -> str:
 
 @get("/access/history.csv", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_csv(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
-    entries = portal.access.all_entries(_patient_id(request, portal), _filter(_params(request)))
+    entries = portal.access.all_entries(patient_id_of(request, portal), _filter(_params(request)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -139,7 +133,7 @@ def access_csv(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
 @get("/access/history.ndjson", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_ndjson(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
     """The history as FHIR AuditEvents, one per line."""
-    patient_id = _patient_id(request, portal)
+    patient_id = patient_id_of(request, portal)
     entries = portal.access.all_entries(patient_id, _filter(_params(request)))
     lines = [json.dumps(_audit_event(patient_id, entry)) for entry in entries]
     return Response(
@@ -193,7 +187,7 @@ PDF_ROW_LIMIT = 2000
 def access_pdf(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
     """The history as an accessible PDF; very long histories are capped with a pointer to the CSV."""
     params = _params(request)
-    entries = portal.access.all_entries(_patient_id(request, portal), _filter(params))
+    entries = portal.access.all_entries(patient_id_of(request, portal), _filter(params))
     pdf = portal.pdf.render(
         "access_history.html",
         entries=entries,

@@ -214,6 +214,12 @@ class AccountService:
         assert account is not None
         return invitation, account
 
+    def _live_invitation(self, session: Session, token: str) -> tuple[Invitation, Account]:
+        found = self._invitation_row(session, token)
+        if found is None or self._status(found[0]) != "live":
+            raise AccountError("this invitation link is no longer valid; ask the provider for a new one")
+        return found
+
     def _status(self, invitation: Invitation) -> str:
         if invitation.used_at is not None:
             return "used"
@@ -232,10 +238,7 @@ class AccountService:
         self.limiter.check([Limit(f"enrol:ip:{client_address}", 20, 600)])
         held = self._birth_date_on_record(token)
         with self.db.write() as session:
-            found = self._invitation_row(session, token)
-            if found is None or self._status(found[0]) != "live":
-                raise AccountError("this invitation link is no longer valid; ask the provider for a new one")
-            invitation, account = found
+            invitation, account = self._live_invitation(session, token)
             if held is not None and held == birth_date.isoformat():
                 invitation.verified_at = self.clock()
                 self.ledger.append(
@@ -279,10 +282,7 @@ class AccountService:
 
     def enrolment_options(self, token: str) -> Options:
         with self.db.read() as session:
-            found = self._invitation_row(session, token)
-            if found is None or self._status(found[0]) != "live":
-                raise AccountError("this invitation link is no longer valid; ask the provider for a new one")
-            invitation, account = found
+            invitation, account = self._live_invitation(session, token)
             if self._needs_birth_date(invitation, account):
                 raise AccountError("confirm your date of birth first")
             existing = list(session.scalars(select(Credential).where(Credential.account_id == account.id)))
@@ -296,10 +296,7 @@ class AccountService:
         self.limiter.check([Limit(f"enrol:ip:{client_address}", 20, 600)])
         try:
             with self.db.write() as session:
-                found = self._invitation_row(session, token)
-                if found is None or self._status(found[0]) != "live":
-                    raise AccountError("this invitation link is no longer valid; ask the provider for a new one")
-                invitation, account = found
+                invitation, account = self._live_invitation(session, token)
                 if self._needs_birth_date(invitation, account):
                     raise AccountError("confirm your date of birth first")
                 challenge = self.ceremonies.consume_challenge(session, challenge_id, "register")

@@ -16,7 +16,7 @@ from litestar.response import Redirect, Template
 from portal.consent.service import ConsentError, render_notice
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
-from portal.web.deps import PortalDep
+from portal.web.deps import PortalDep, patient_id_of
 
 PatientRequest = Request[Principal, WebSession, Any]
 
@@ -54,13 +54,6 @@ class NoticeForm:
     material: str = ""
 
 
-def _patient_id(request: PatientRequest, portal: Any) -> str:
-    account = portal.accounts.account(request.user.subject_id)
-    if account is None or account.patient_id is None:
-        raise ConsentError("this account is not linked to a patient record")
-    return str(account.patient_id)
-
-
 def _is_htmx(request: PatientRequest) -> bool:
     return request.headers.get("hx-request") == "true"
 
@@ -70,7 +63,7 @@ def _is_htmx(request: PatientRequest) -> bool:
 
 @get("/consent", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def consent_page(request: PatientRequest, portal: PortalDep) -> Template:
-    patient_id = _patient_id(request, portal)
+    patient_id = patient_id_of(request, portal)
     return Template(
         template_name="patient/consent.html",
         context={
@@ -85,7 +78,7 @@ def consent_page(request: PatientRequest, portal: PortalDep) -> Template:
 def change_consent(
     code: FromPath[str], request: PatientRequest, data: URLEncodedBody[ChangeForm], portal: PortalDep
 ) -> Template | Redirect:
-    patient_id = _patient_id(request, portal)
+    patient_id = patient_id_of(request, portal)
     try:
         portal.consent.change(
             patient_id, code, data.event, channel="portal", actor=f"patient:{request.user.subject_id}"
@@ -185,7 +178,7 @@ def receipt_pdf(receipt_id: FromPath[str], request: PatientRequest, portal: Port
 
 def _own_receipt(request: PatientRequest, portal: Any, receipt_id: str) -> dict[str, Any]:
     try:
-        document: dict[str, Any] = portal.consent.receipt(_patient_id(request, portal), receipt_id)
+        document: dict[str, Any] = portal.consent.receipt(patient_id_of(request, portal), receipt_id)
     except ConsentError:
         raise NotFoundException("no such receipt") from None
     return document
@@ -194,7 +187,7 @@ def _own_receipt(request: PatientRequest, portal: Any, receipt_id: str) -> dict[
 @get("/consent/fhir/{code:str}", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def consent_fhir(code: FromPath[str], request: PatientRequest, portal: PortalDep) -> Response[dict[str, Any]]:
     try:
-        resource = portal.consent.fhir_consent(_patient_id(request, portal), code)
+        resource = portal.consent.fhir_consent(patient_id_of(request, portal), code)
     except ConsentError:
         raise NotFoundException("no such consent purpose") from None
     return Response(resource, media_type="application/fhir+json")

@@ -34,10 +34,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from playwright.sync_api import Browser, BrowserContext, Download, Page, expect
 
-from portal.records.synthetic import MRN_SYSTEM
 from tests.browser.conftest import CSP_WATCH, LiveServer, PageProblems
 from tests.browser.test_passkeys import Authenticators, assert_accessible, assert_clean
 from tests.support.accounts import new_patient
+from tests.support.balp import balp_event
 
 pytestmark = pytest.mark.browser
 
@@ -122,56 +122,6 @@ def download(page: Page, link_name: str) -> tuple[Download, bytes]:
         page.get_by_role("link", name=link_name, exact=True).first.click()
     path = info.value.path()
     return info.value, path.read_bytes()
-
-
-def balp_event(
-    event_id: str,
-    mrn: str,
-    recorded: datetime,
-    *,
-    person: str = "Dr A. Jones",
-    role: str = "Cardiologist",
-    org: str = "St Example Hospital",
-    site: str = "Ward 4",
-    purpose: str = "TREAT",
-    btg: str | None = None,
-) -> dict[str, Any]:
-    """An IHE BALP "patient read" AuditEvent for a person who looked at the patient's lab results."""
-    agent: dict[str, Any] = {
-        "type": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "humanuser"}
-            ]
-        },
-        "who": {"identifier": {"value": person.lower().replace(" ", "-")}, "display": person},
-        "role": [{"text": role}],
-        "requestor": True,
-    }
-    if btg:
-        agent["purposeOfUse"] = [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}], "text": btg}
-        ]
-    return {
-        "resourceType": "AuditEvent",
-        "id": event_id,
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
-        "action": "R",
-        "recorded": recorded.isoformat().replace("+00:00", "Z"),
-        "outcome": "0",
-        "purposeOfEvent": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
-        ],
-        "agent": [agent],
-        "source": {"site": site, "observer": {"display": org}},
-        "entity": [
-            {
-                "what": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-            },
-            {"what": {"reference": "DiagnosticReport/lab-1"}, "description": "your lab results"},
-        ],
-    }
 
 
 def post_access_events(live_server: LiveServer, events: list[dict[str, Any]]) -> dict[str, Any]:

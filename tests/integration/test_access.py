@@ -13,62 +13,12 @@ from sqlalchemy import func, select
 from portal.access.models import AccessEvent
 from portal.access.service import TimelineFilter
 from portal.container import Portal
-from portal.records.synthetic import MRN_SYSTEM
 from tests.conftest import ORIGIN
 from tests.support.accounts import enrol_patient, new_patient
 from tests.support.authenticator import SoftwareAuthenticator
+from tests.support.balp import balp_event
 
 Client = TestClient[Litestar]
-
-
-def balp_event(
-    event_id: str,
-    mrn: str,
-    *,
-    subtype: str = "read",
-    purpose: str = "TREAT",
-    person: str = "Dr A. Jones",
-    role: str = "Cardiologist",
-    org: str = "St Example Hospital",
-    site: str = "Ward 4",
-    recorded: str = "2026-10-05T10:15:00Z",
-    btg: str | None = None,
-) -> dict[str, Any]:
-    agent: dict[str, Any] = {
-        "type": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "humanuser"}
-            ]
-        },
-        "who": {"identifier": {"value": person.lower().replace(" ", "-")}, "display": person},
-        "role": [{"text": role}],
-        "requestor": True,
-    }
-    if btg:
-        agent["purposeOfUse"] = [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG"}], "text": btg}
-        ]
-    return {
-        "resourceType": "AuditEvent",
-        "id": event_id,
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
-        "action": "R",
-        "recorded": recorded,
-        "outcome": "0",
-        "purposeOfEvent": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
-        ],
-        "agent": [agent],
-        "source": {"site": site, "observer": {"display": org}},
-        "entity": [
-            {
-                "what": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-            },
-            {"what": {"reference": "DiagnosticReport/lab-1"}, "description": "your lab results"},
-        ],
-    }
 
 
 def _token(portal: Portal) -> str:
