@@ -15,7 +15,10 @@ class AccessEvent(Base):
     patient's access-log key; what stays in clear is only what filters and paging need."""
 
     __tablename__ = "access_events"
-    __table_args__ = (Index("ix_access_events_patient_time", "patient_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_access_events_patient_time", "patient_id", "occurred_at"),
+        Index("ix_access_events_patient_org", "patient_id", "org_index"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))

@@ -68,7 +68,8 @@ def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int]
     }
     if request.headers.get("hx-request") == "true":  # htmx only ever asks /access for the next page
         return Template(template_name="partials/access_rows.html", context=context)
-    weeks, series = portal.access.weekly_by_organisation(patient_id, flt)
+    names = portal.access.organisation_names(patient_id)
+    weeks, series = portal.access.weekly_by_organisation(patient_id, flt, names)
     return Template(
         template_name="patient/access.html",
         context={
@@ -76,7 +77,7 @@ def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int]
             "weeks": weeks,
             "series": series,
             "chart": weekly_chart(weeks, series),
-            "organisations": portal.access.organisations(patient_id),
+            "organisations": portal.access.organisations(patient_id, names),
             "actions": ACTIONS,
             "purposes": PURPOSE_WORDS,
             "alerts": portal.access.alerts(patient_id),

@@ -8,10 +8,11 @@ good one fail. A line already stored (same sender and event id) is a harmless du
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
@@ -21,6 +22,7 @@ from portal.access.balp import AccessFacts, BalpError, parse_audit_event
 from portal.access.models import AccessCase, AccessEvent, AlertPreference, CaseMessage, DisclosureAccounting
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
+from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
 from portal.security.keystore import KeyDestroyedError, KeyStore
@@ -139,16 +141,16 @@ class AccessLog:
         if len(resources) > MAX_BATCH:
             raise ValueError(f"a batch holds at most {MAX_BATCH} events, not {len(resources)}")
         result = IngestResult()
-        parsed: list[tuple[int, AccessFacts, str, str]] = []
+        readable: list[tuple[int, AccessFacts]] = []
         for index, resource in enumerate(resources):
             try:
-                facts = parse_audit_event(resource)
+                readable.append((index, parse_audit_event(resource)))
             except BalpError as exc:
                 result.lines.append(LineResult(index, "rejected", str(exc)))
-                continue
-            patient_id = self.records.find_by_identifier(*facts.patient_identifier) or (
-                self.records.find_by_mrn(facts.patient_identifier[1])
-            )
+        patients = self._patients_of([facts.patient_identifier for _index, facts in readable])
+        parsed: list[tuple[int, AccessFacts, str, str]] = []
+        for index, facts in readable:
+            patient_id = patients.get(facts.patient_identifier)
             if patient_id is None:
                 result.lines.append(LineResult(index, "rejected", "no patient here has that identifier"))
                 continue
@@ -156,6 +158,32 @@ class AccessLog:
         self._store(parsed, sender, result)
         result.lines.sort(key=lambda line: line.index)
         return result
+
+    def _patients_of(self, identifiers: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Patient ids for (system, value) identifiers, by the identifier or else as an MRN: one query."""
+        wanted: dict[tuple[str, str], tuple[str, str]] = {
+            (system, value): (self.records.identifier_index(system, value), self.records.mrn_index(value))
+            for system, value in set(identifiers)
+        }
+        indexes = [index for pair in wanted.values() for index in pair]
+        with self.db.read() as session:
+            found = (
+                dict(
+                    session.execute(
+                        select(PatientIdentifier.index, PatientIdentifier.patient_id).where(
+                            PatientIdentifier.index.in_(indexes)
+                        )
+                    ).all()
+                )
+                if indexes
+                else {}
+            )
+        resolved: dict[tuple[str, str], str] = {}
+        for identifier, (by_identifier, by_mrn) in wanted.items():
+            patient_id = found.get(by_identifier) or found.get(by_mrn)
+            if patient_id is not None:
+                resolved[identifier] = patient_id
+        return resolved
 
     def _store(self, parsed: list[tuple[int, AccessFacts, str, str]], sender: str, result: IngestResult) -> None:
         if not parsed:
@@ -168,7 +196,12 @@ class AccessLog:
             )
             events: list[AuditEvent] = []
             seen: set[str] = set()
-            orgs_seen = self._known_organisations(session, {patient_id for _i, _f, patient_id, _k in parsed})
+            batch_patients = {patient_id for _i, _f, patient_id, _k in parsed}
+            orgs_seen = self._known_organisations(session, batch_patients)
+            preferences = {
+                p.patient_id: p
+                for p in session.scalars(select(AlertPreference).where(AlertPreference.patient_id.in_(batch_patients)))
+            }
             for index, facts, patient_id, key in parsed:
                 if key in known or key in seen:
                     result.lines.append(LineResult(index, "duplicate", "already recorded"))
@@ -176,7 +209,7 @@ class AccessLog:
                 seen.add(key)
                 row_id = self._add(session, patient_id, key, facts, origin="api")
                 org = (patient_id, self._org_index(facts.organisation))
-                self._alerts_for(session, patient_id, facts, row_id, new_org=org not in orgs_seen)
+                self._alerts_for(session, preferences.get(patient_id), facts, row_id, new_org=org not in orgs_seen)
                 orgs_seen.add(org)
                 result.lines.append(LineResult(index, "accepted", id=row_id))
                 events.append(
@@ -235,16 +268,15 @@ class AccessLog:
         """Who tells patients about emergency accesses and new organisations (the notifier)."""
         self._alert = sender
 
-    def _alerts_for(self, session: Session, patient_id: str, facts: AccessFacts, row_id: str, new_org: bool) -> None:
-        if self._alert is None:
-            return
-        preference = session.get(AlertPreference, patient_id)
-        if preference is None:
+    def _alerts_for(
+        self, session: Session, preference: AlertPreference | None, facts: AccessFacts, row_id: str, new_org: bool
+    ) -> None:
+        if self._alert is None or preference is None:
             return
         if preference.emergency and facts.emergency:
-            self._alert(session, patient_id, "access_emergency", row_id)
+            self._alert(session, preference.patient_id, "access_emergency", row_id)
         if preference.new_organisation and new_org:
-            self._alert(session, patient_id, "access_new_organisation", row_id)
+            self._alert(session, preference.patient_id, "access_new_organisation", row_id)
 
     def set_alerts(self, patient_id: str, *, emergency: bool, new_organisation: bool) -> None:
         with self.db.write() as session:
@@ -462,7 +494,9 @@ class AccessLog:
 
     # ================================================================== summaries
 
-    def weekly_by_organisation(self, patient_id: str, flt: TimelineFilter) -> tuple[list[str], dict[str, list[int]]]:
+    def weekly_by_organisation(
+        self, patient_id: str, flt: TimelineFilter, names: dict[str, str] | None = None
+    ) -> tuple[list[str], dict[str, list[int]]]:
         """Accesses per ISO week (oldest first) for each organisation, for the chart and its table.
 
         Counted from clear columns (time and the organisation's blind index); only one access per
@@ -480,20 +514,21 @@ class AccessLog:
         weeks: list[str] = []
         cursor = (first - timedelta(days=first.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
         while cursor <= last:
-            weeks.append(cursor.strftime("%G-W%V"))
+            weeks.append(_iso_week(cursor.date()))
             cursor += timedelta(days=7)
         position = {week: i for i, week in enumerate(weeks)}
-        names = self._organisation_names(patient_id)
+        names = names if names is not None else self.organisation_names(patient_id)
         counts: dict[str, list[int]] = {}
         for when, org in rows:
             series = counts.setdefault(names.get(org, "Erased"), [0] * len(weeks))
-            series[position[when.strftime("%G-W%V")]] += 1
+            series[position[_iso_week(when.date())]] += 1
         return weeks, counts
 
-    def organisations(self, patient_id: str) -> list[str]:
-        return sorted(set(self._organisation_names(patient_id).values()) - {"Erased"})
+    def organisations(self, patient_id: str, names: dict[str, str] | None = None) -> list[str]:
+        names = names if names is not None else self.organisation_names(patient_id)
+        return sorted(set(names.values()) - {"Erased"})
 
-    def _organisation_names(self, patient_id: str) -> dict[str, str]:
+    def organisation_names(self, patient_id: str) -> dict[str, str]:
         """Organisation blind index -> name, decrypting a single access per organisation."""
         with self.db.read() as session:
             picks = session.execute(
@@ -512,6 +547,12 @@ class AccessLog:
             details = self.entry(rows[event_id]).details
             names[org] = (details or {}).get("organisation") or "Erased"
         return names
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_week(day: date) -> str:
+    year, week, _weekday = day.isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 def _context(patient_id: str, table: str, row_id: str, version: int) -> FieldContext:

@@ -148,7 +148,18 @@ class KeyStore:
             ).first()
         if row is None or row.wrapped is None or row.kek_id is None:
             raise KeyDestroyedError(category)
-        return self._unwrap(row.kek_id, row.wrapped)
+        dek = self._unwrap(row.kek_id, row.wrapped)
+        newest = self._newest_version(patient_id, category)
+        if newest == version:
+            # Reads of the current key are the common case; cache it like data_key() does.
+            self._remember(patient_id, category, ActiveKey(version, dek))
+        return dek
+
+    def _newest_version(self, patient_id: str, category: str) -> int | None:
+        with self.db.read() as session:
+            return session.scalar(
+                select(func.max(DataKey.version)).where(DataKey.patient_id == patient_id, DataKey.category == category)
+            )
 
     def destroy(self, patient_id: str, category: str, *, reason: str) -> int:
         """Destroy every version of a patient's category key; returns how many were destroyed."""
