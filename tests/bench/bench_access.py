@@ -53,7 +53,6 @@ import math
 import os
 import pstats
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -68,7 +67,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from litestar import Litestar
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
@@ -79,7 +77,6 @@ from portal.access.models import AccessEvent, AlertPreference
 from portal.access.routes import access_page
 from portal.access.service import CATEGORY, TimelineFilter
 from portal.accounts.models import Account
-from portal.app import create_app
 from portal.audit.ledger import AuditEvent
 from portal.container import Portal, build_portal
 from portal.db import new_id
@@ -88,13 +85,13 @@ from portal.records.synthetic import MRN_SYSTEM
 from portal.security.sessions import COOKIE_NAME, Principal
 from portal.settings import Settings
 from tests.bench._common import Reporter, machine, percentile, server_version, timed
+from tests.bench._server import LiveServer, live_server
 from tests.support.balp import balp_event
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
 
 T = TypeVar("T")
 
 ACTOR = "system:bench"
-SERVER_MODULE = "tests.bench.bench_access"  # this file; not __name__, which is "__main__" under -m
 DIRECT_SENDER = "integration:bench-direct"
 
 GOAL_INGEST_RATIO = 0.5
@@ -106,7 +103,6 @@ FILL_SQLITE_CACHE_KIB = 512 * 1024
 HISTORY_WEEKS = 104  # the target patient's accesses spread over two years
 EMERGENCY_SHARE = 0.02
 SYSTEM_SHARE = 0.10  # of the fill's non-emergency accesses: automated systems
-SERVER_START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 300.0
 LOG_SETTLE_S = 0.5
 MIN_ROUNDS = 3  # measured ingest rounds run even past --ingest-time-limit
@@ -375,115 +371,6 @@ def seed_patients(portal: Portal, count: int, label: str, *, indexes: bool) -> l
 
 
 # ----------------------------------------------------------------------------- the live server
-
-
-def server_app() -> Litestar:
-    """The uvicorn app factory of the server process: the real app, from ``PORTAL_*`` settings."""
-    return create_app()
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_") or k.startswith("PORTAL_TEST_")}
-    env.update(
-        {
-            "PORTAL_ENV": settings.env,
-            "PORTAL_DATA_DIR": str(settings.data_dir),
-            "PORTAL_DATABASE_URL": settings.database_url,
-            "PORTAL_KEYSTORE_URL": settings.keystore_url,
-            "PORTAL_ORIGIN": settings.origin,
-            "PORTAL_BROKER_URL": settings.broker_url,
-        }
-    )
-    return env
-
-
-@dataclass
-class LiveServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"localhost:{self.port}"  # the origin's host: the request gate refuses others
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def app_ms(self, start: int, end: int) -> list[float]:
-        """The ``ms`` of the request log lines (RequestLogMiddleware) written between two offsets."""
-        with self.log_path.open("rb") as log:
-            log.seek(start)
-            chunk = log.read(end - start)
-        found = []
-        for line in chunk.splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                entry = json.loads(line)
-                if entry.get("event") == "http.request":
-                    found.append(float(entry["ms"]))
-        return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown (runs the lifespan exit)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def live_server(settings: Settings, port: int, log_dir: Path) -> Iterator[LiveServer]:
-    """The real app under uvicorn (one process, as deployed by default) on 127.0.0.1:``port``."""
-    log_path = log_dir / f"uvicorn-{time.monotonic_ns()}.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"{SERVER_MODULE}:server_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",  # the app logs one line per request itself (RequestLogMiddleware)
-        "--log-level",
-        "warning",
-    ]
-    root = Path(__file__).resolve().parents[2]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=root, env=server_env(settings), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    server = LiveServer(process, port, log_path)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with code {process.returncode}:\n{server.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base_url}/healthz", headers={"host": server.host}, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer /healthz within {SERVER_START_TIMEOUT_S:.0f} s")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.stop()
 
 
 # ----------------------------------------------------------------------------- 1. ingest

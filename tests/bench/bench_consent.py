@@ -34,17 +34,14 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import json
 import logging
 import math
 import os
 import pstats
 import random
 import resource
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,12 +55,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from litestar import Litestar
 from sqlalchemy import event, insert, text
 
 from portal import migrate
 from portal.api.service import ApiRateLimits
-from portal.app import create_app
 from portal.audit.ledger import AuditEvent
 from portal.consent.models import ConsentDecision
 from portal.container import Portal, build_portal
@@ -71,6 +66,7 @@ from portal.records.models import Patient, PatientIdentifier
 from portal.security.ratelimit import Limit
 from portal.settings import Settings
 from tests.bench._common import Reporter, machine, percentile, server_version
+from tests.bench._server import LiveServer, live_server
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
 
 T = TypeVar("T")
@@ -93,11 +89,9 @@ ONE_CLIENT_WARMUP = 50
 HEALTHZ_TIME_LIMIT_S = 15.0
 WARMUP_TIME_LIMIT_S = 15.0
 ONE_CLIENT_TIME_LIMIT_S = 20.0
-SERVER_START_TIMEOUT_S = 60.0
 LOG_SETTLE_S = 0.3
 IDLE_SAMPLE_S = 2.0
 LOADGEN_SATURATED_CORES = 0.85  # one asyncio loop cannot use more than one core
-SERVER_MODULE = "tests.bench.bench_consent"  # this file; not __name__, which is "__main__" under -m
 
 # The 4 purposes added to the 6 defaults (the categories must be known data category codes).
 EXTRA_PURPOSES: tuple[dict[str, Any], ...] = (
@@ -412,116 +406,6 @@ def decision_calls(probes: Sequence[Probe], tokens: Sequence[str], offset: int =
 
 
 # ----------------------------------------------------------------------------- 3. the live server
-
-
-def server_app() -> Litestar:
-    """The uvicorn app factory of the server process: the real app, from ``PORTAL_*`` settings."""
-    return create_app()
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_") or k.startswith("PORTAL_TEST_")}
-    env.update(
-        {
-            "PORTAL_ENV": settings.env,
-            "PORTAL_DATA_DIR": str(settings.data_dir),
-            "PORTAL_DATABASE_URL": settings.database_url,
-            "PORTAL_KEYSTORE_URL": settings.keystore_url,
-            "PORTAL_ORIGIN": settings.origin,
-            "PORTAL_BROKER_URL": settings.broker_url,
-        }
-    )
-    return env
-
-
-@dataclass
-class LiveServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"localhost:{self.port}"  # the origin's host: the request gate refuses others
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def app_ms(self, start: int, end: int) -> list[float]:
-        """The ``ms`` of the request log lines (RequestLogMiddleware) written between two offsets."""
-        with self.log_path.open("rb") as log:
-            log.seek(start)
-            chunk = log.read(end - start)
-        found = []
-        for line in chunk.splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                entry = json.loads(line)
-                if entry.get("event") == "http.request":
-                    found.append(float(entry["ms"]))
-        return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown (runs the lifespan exit)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def live_server(settings: Settings, port: int, workers: int, log_dir: Path) -> Iterator[LiveServer]:
-    log_path = log_dir / "uvicorn.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"{SERVER_MODULE}:server_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",  # the app logs one line per request itself (RequestLogMiddleware)
-        "--log-level",
-        "warning",
-    ]
-    root = Path(__file__).resolve().parents[2]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, cwd=root, env=server_env(settings), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    server = LiveServer(process, port, log_path)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with code {process.returncode}:\n{server.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base_url}/healthz", headers={"host": server.host}, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer /healthz within {SERVER_START_TIMEOUT_S:.0f} s")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.stop()
 
 
 def issue_tokens(portal: Portal, count: int, label: str) -> list[tuple[str, str]]:
@@ -885,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_budget = LIMITS.api_per_client - ONE_CLIENT_WARMUP - 100
         one_probes = make_probes(seeded, purposes, min(args.requests, one_budget) + ONE_CLIENT_WARMUP, rng)
 
-        server = stack.enter_context(live_server(settings, port, args.web_processes, base))
+        server = stack.enter_context(live_server(settings, port, base, args.web_processes))
 
         def snapshot() -> CpuSnapshot:
             return CpuSnapshot.take(server.process.pid, postgres_pid)
