@@ -11,7 +11,6 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from portal.access.cases import FINDINGS, CaseError
-from portal.access.service import TimelineFilter
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
 from portal.web.deps import PortalDep, patient_id_of
@@ -45,15 +44,18 @@ def _actor(request: AnyRequest) -> str:
 
 @get("/access/{event_id:str}/question", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def question_form(event_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Template:
-    entries = portal.access.all_entries(patient_id_of(request, portal), _all())
-    entry = next((e for e in entries if e.id == event_id), None)
+    return _question_page(request, portal, event_id)
+
+
+def _question_page(request: AnyRequest, portal: Any, event_id: str, error: str | None = None) -> Template:
+    entry = portal.access.own_entry(patient_id_of(request, portal), event_id)
     if entry is None:
         raise NotFoundException("no such access in your history")
-    return Template(template_name="patient/question.html", context={"active": "access", "entry": entry})
-
-
-def _all() -> TimelineFilter:
-    return TimelineFilter()
+    return Template(
+        template_name="patient/question.html",
+        status_code=400 if error else 200,
+        context={"active": "access", "entry": entry, "error": error},
+    )
 
 
 @post(
@@ -69,15 +71,7 @@ def open_case(
     try:
         case = portal.cases.open_case(patient_id_of(request, portal), event_id, data.text, actor=_actor(request))
     except CaseError as exc:
-        entries = portal.access.all_entries(patient_id_of(request, portal), _all())
-        entry = next((e for e in entries if e.id == event_id), None)
-        if entry is None:
-            raise NotFoundException("no such access in your history") from None
-        return Template(
-            template_name="patient/question.html",
-            status_code=400,
-            context={"active": "access", "entry": entry, "error": str(exc)},
-        )
+        return _question_page(request, portal, event_id, str(exc))
     return Redirect(f"/access/cases/{case.id}", status_code=303)
 
 

@@ -412,6 +412,12 @@ class AccessLog:
             ).all()
         return [self.entry(row) for row in rows], int(total)
 
+    def own_entry(self, patient_id: str, event_id: str) -> TimelineEntry | None:
+        """One access of this patient's; another patient's is indistinguishable from a missing one."""
+        with self.db.read() as session:
+            row = session.get(AccessEvent, event_id)
+        return self.entry(row) if row is not None and row.patient_id == patient_id else None
+
     def all_entries(self, patient_id: str, flt: TimelineFilter) -> list[TimelineEntry]:
         query = self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
         with self.db.read() as session:
