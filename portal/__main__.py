@@ -362,6 +362,28 @@ def audit_checkpoint() -> None:
 
 
 @cli.group()
+def evidence() -> None:
+    """Evidence packs for regulators."""
+
+
+@evidence.command("verify")
+@click.argument("pack", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--fingerprint", help="The portal key fingerprint the regulator was given (spaces optional).")
+@click.option(
+    "--previous-checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ledger/checkpoint.txt kept from the previous pack: the ledger must extend it.",
+)
+def evidence_verify(pack: Path, fingerprint: str | None, previous_checkpoint: Path | None) -> None:
+    """Check a pack offline exactly as its verify.py does; print each check, exit 1 if any fails."""
+    from portal.evidence.verify_pack import main
+
+    options = [f"--fingerprint={fingerprint}"] if fingerprint else []
+    options += [f"--previous-checkpoint={previous_checkpoint}"] if previous_checkpoint else []
+    raise SystemExit(main([str(pack), *options]))
+
+
+@cli.group()
 def backup() -> None:
     """Encrypted backups of the main database (the key store is never included)."""
 
@@ -401,17 +423,18 @@ def backup_check(path: Path) -> None:
 @backup.command("restore")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def backup_restore(path: Path) -> None:
-    """Restore an archive into the configured (empty) database, then migrate it to the latest revision."""
-    from portal.backup import BackupError, restore_backup
+    """Restore an archive into the configured (empty) database, migrate it to the latest revision, and
+    re-apply every erasure recorded in the erasure ledger so erased data does not come back."""
+    from portal.backup import BackupError
 
     portal = _portal()
     try:
-        summary = restore_backup(portal.db.engine, portal.keys.ring, path)
+        summary, removed = portal.restore_backup(path)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         portal.close()
-    click.echo(f"restored {sum(summary.rows.values())} rows from {path}")
+    click.echo(f"restored {sum(summary.rows.values())} rows from {path}; re-applied erasures removed {removed} rows")
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from portal.api import routes as api_routes
 from portal.api.bearer import BearerMiddleware
 from portal.consent import routes as consent_routes
 from portal.container import Portal, build_portal
+from portal.dsar import routes as request_routes
+from portal.evidence import routes as evidence_routes
 from portal.logging import RequestLogMiddleware, configure_logging
 from portal.security.csrf import CSRF_COOKIE, CSRF_HEADER
 from portal.security.gate import RequestGateMiddleware
@@ -70,6 +72,8 @@ def create_app(settings: Settings | None = None, portal: Portal | None = None) -
                     *consent_routes.ROUTES,
                     *access_routes.ROUTES,
                     *case_routes.ROUTES,
+                    *request_routes.ROUTES,
+                    *evidence_routes.ROUTES,
                 ],
             ),
             api_routes.api_router(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -16,9 +17,14 @@ from portal.accounts.passkeys import Ceremonies
 from portal.accounts.service import AccountService
 from portal.api.service import IntegrationService
 from portal.audit.ledger import Ledger
+from portal.backup import BackupSummary, restore_backup
 from portal.consent.service import ConsentService
 from portal.datadir import instance_secret, prepare_data_dir
 from portal.db import Database
+from portal.dsar.erasure import Eraser
+from portal.dsar.export import ExportBuilder
+from portal.dsar.service import TICK_JOB, RequestService
+from portal.evidence.service import EvidenceService
 from portal.jobs.service import JobContext, JobRunner
 from portal.notify import Notifier
 from portal.pdf import PdfRenderer
@@ -34,6 +40,7 @@ from workers.embedded import Watchdog
 CHECKPOINT_JOB = "audit.checkpoint"
 ACCESS_SWEEP_JOB = "access.retention_sweep"
 DAY_SECONDS = 86_400.0
+HOUR_SECONDS = 3_600.0
 
 
 @dataclass
@@ -54,6 +61,8 @@ class Portal:
     cases: CaseService
     pdf: PdfRenderer
     api: IntegrationService
+    requests: RequestService
+    evidence: EvidenceService
     secret: str
     broker: dramatiq.Broker | None = None
 
@@ -70,8 +79,13 @@ class Portal:
             self.jobs.enqueue(session, kind, {}, idempotency_key=f"{kind}:{bucket}")
 
     def watchdog(self) -> Watchdog:
-        """The watchdog with the portal's periodic jobs: ledger checkpoints and the access-log retention sweep."""
-        periodic = [(self.settings.checkpoint_interval_seconds, CHECKPOINT_JOB), (DAY_SECONDS, ACCESS_SWEEP_JOB)]
+        """The watchdog with the portal's periodic jobs: ledger checkpoints, the access-log retention sweep,
+        and the requests' hourly tick (purge expired exports, sweep retained categories)."""
+        periodic = [
+            (self.settings.checkpoint_interval_seconds, CHECKPOINT_JOB),
+            (DAY_SECONDS, ACCESS_SWEEP_JOB),
+            (HOUR_SECONDS, TICK_JOB),
+        ]
         return Watchdog(
             self.jobs,
             self.settings.watchdog_interval_seconds,
@@ -80,6 +94,12 @@ class Portal:
 
     def _periodic(self, kind: str, every: float) -> Callable[[], None]:
         return lambda: self.request_job(kind, str(int(time.time() // every)))
+
+    def restore_backup(self, path: Path) -> tuple[BackupSummary, int]:
+        """Restore a backup of the main database, then re-apply the erasure ledger (kept beside the keys,
+        never in a backup): an old backup never brings erased data back. Returns the rows removed again."""
+        summary = restore_backup(self.db.engine, self.keys.ring, path)
+        return summary, self.requests.eraser.reapply_ledger()
 
     def close(self) -> None:
         if self.broker is not None:
@@ -137,6 +157,52 @@ def build_portal(settings: Settings) -> Portal:
             notifier.notify(session, account.id, template, key=key)
 
     access.use_alerts(alert)
+    consent = ConsentService(
+        db=db,
+        ledger=ledger,
+        records=records,
+        keys=keys,
+        origin=settings.origin,
+        controller=settings.controller_name,
+        contact=settings.mail_from,
+    )
+    pdf = PdfRenderer()
+    requests = RequestService(
+        db=db,
+        ledger=ledger,
+        keys=keys,
+        accounts=accounts,
+        access=access,
+        notifier=notifier,
+        jobs=jobs,
+        exporter=ExportBuilder(
+            records=records,
+            access=access,
+            consent=consent,
+            pdf=pdf,
+            signing_key=keys.signing_key,
+            origin=settings.origin,
+            controller=settings.controller_name,
+        ),
+        eraser=Eraser(db=db, keys=keys, ledger=ledger, records=records),
+        waiting_days=settings.erasure_waiting_days,
+        controller=settings.controller_name,
+        contact=settings.mail_from,
+    )
+    cases = CaseService(db=db, ledger=ledger, access=access)
+    evidence = EvidenceService(
+        db=db,
+        ledger=ledger,
+        keys=keys,
+        accounts=accounts,
+        requests=requests,
+        cases=cases,
+        jobs=jobs,
+        pdf=pdf,
+        origin=settings.origin,
+        controller=settings.controller_name,
+        contact=settings.mail_from,
+    )
     portal = Portal(
         settings=settings,
         db=db,
@@ -149,21 +215,15 @@ def build_portal(settings: Settings) -> Portal:
         limiter=limiter,
         notifier=notifier,
         accounts=accounts,
-        consent=ConsentService(
-            db=db,
-            ledger=ledger,
-            records=records,
-            keys=keys,
-            origin=settings.origin,
-            controller=settings.controller_name,
-            contact=settings.mail_from,
-        ),
-        pdf=PdfRenderer(),
+        consent=consent,
+        pdf=pdf,
         access=access,
-        cases=CaseService(db=db, ledger=ledger, access=access),
+        cases=cases,
         api=IntegrationService(
             db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
         ),
+        requests=requests,
+        evidence=evidence,
         secret=instance_secret(settings),
     )
     _register_jobs(portal)

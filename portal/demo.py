@@ -10,12 +10,13 @@ from sqlalchemy import func, select
 
 from portal.container import Portal
 from portal.records.models import Patient
-from portal.records.synthetic import generate_population
+from portal.records.synthetic import generate_patient_bundle, generate_population
 
 DEMO_PATIENTS = 40
 DEMO_LARGE = 2
 DEMO_SEED = 2026
 DEMO_ACTOR = "system:demo-seed"
+FORMER_PATIENT_LAST_SEEN = date(2009, 6, 1)
 
 
 def seed_demo(portal: Portal, *, patients: int = DEMO_PATIENTS, large: int = DEMO_LARGE) -> Iterator[str]:
@@ -33,12 +34,24 @@ def seed_demo(portal: Portal, *, patients: int = DEMO_PATIENTS, large: int = DEM
         resources += sum(result.counts.values())
         if not first_mrn:
             first_mrn = _mrn(bundle)
+    former = generate_patient_bundle(DEMO_SEED * 1_000_000 + 999, size="small", today=FORMER_PATIENT_LAST_SEEN)
+    resources += sum(portal.records.import_bundle(former, actor=DEMO_ACTOR, role="system").counts.values())
+    _demo_recipients(portal)
     portal.ledger.checkpoint()
     yield (
-        f"demo: imported {patients} synthetic patients ({resources} FHIR resources, "
+        f"demo: imported {patients} synthetic patients and a former patient ({resources} FHIR resources, "
         f"{large} large records) in {time.perf_counter() - started:.1f} s; all demo data is synthetic"
     )
     yield from _demo_invitations(portal, first_mrn)
+    yield from _former_patient_invitation(portal, _mrn(former))
+
+
+def _demo_recipients(portal: Portal) -> None:
+    """Downstream recipients named by the consent purposes, with example addresses, told about erasures."""
+    names = {name for purpose in portal.consent.purposes() for name in purpose.recipient_list}
+    for name in sorted(names):
+        slug = "".join(ch for ch in name.lower() if ch.isalnum())[:30]
+        portal.requests.register_recipient(name, f"privacy@{slug}.example", actor=DEMO_ACTOR)
 
 
 def _demo_invitations(portal: Portal, mrn: str) -> Iterator[str]:
@@ -53,6 +66,15 @@ def _demo_invitations(portal: Portal, mrn: str) -> Iterator[str]:
     yield f"demo privacy officer: {officer}"
     yield f"demo privacy admin:   {admin}"
     yield "open a link, confirm the date of birth (patients only), and create a passkey"
+
+
+def _former_patient_invitation(portal: Portal, mrn: str) -> Iterator[str]:
+    """A patient last treated long ago: their retention periods are over, so an erasure really erases."""
+    link = portal.accounts.invite_patient(mrn, actor=DEMO_ACTOR)
+    yield (
+        f"demo former patient (MRN {mrn}, date of birth {_birth_date(portal, mrn)}; last treated "
+        f"{FORMER_PATIENT_LAST_SEEN.year}, so an erasure removes their record): {link}"
+    )
 
 
 def _birth_date(portal: Portal, mrn: str) -> str:

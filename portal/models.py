@@ -6,6 +6,8 @@ from portal.api import models as api_models
 from portal.audit import ledger
 from portal.consent import models as consent_models
 from portal.db import Base
+from portal.dsar import models as dsar_models
+from portal.evidence import models as evidence_models
 from portal.jobs import models as jobs_models
 from portal.records import models as records_models
 from portal.security import ratelimit as ratelimit_models
@@ -17,6 +19,8 @@ __all__ = [
     "accounts_models",
     "api_models",
     "consent_models",
+    "dsar_models",
+    "evidence_models",
     "jobs_models",
     "ledger",
     "ratelimit_models",

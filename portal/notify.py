@@ -56,8 +56,17 @@ class Notifier:
             idempotency_key=f"{NOTIFY_JOB}:{template}:{account_id}:{key}",
         )
 
+    def notify_address(self, session: Session, address: str, template: str, key: str, **params: str) -> None:
+        """Queue a message to an outside party (e.g. a downstream recipient told of an erasure)."""
+        self.jobs.enqueue(
+            session,
+            NOTIFY_JOB,
+            {"address": address, "template": template, "params": params},
+            idempotency_key=f"{NOTIFY_JOB}:{template}:{address}:{key}",
+        )
+
     def _deliver(self, ctx: JobContext) -> Mapping[str, Any]:
-        address = self._address_of(str(ctx.payload["account_id"]))
+        address = ctx.payload.get("address") or self._address_of(str(ctx.payload["account_id"]))
         if not address:
             log.warning("notify.no_address", template=ctx.payload["template"])
             return {"delivered": False, "reason": "no address on file"}

@@ -249,7 +249,12 @@
     const absoluteEnd = Date.parse(document.body.dataset.expiresAt || "") || Infinity;
     const warnBefore = 120 * 1000;
     const countdown = document.getElementById("session-countdown");
-    document.body.addEventListener("htmx:afterRequest", () => activity.touch());
+    // Background polls (marked data-passive) are not the user being there.
+    document.body.addEventListener("htmx:afterRequest", (event) => {
+      if (!event.detail.elt.closest("[data-passive]")) {
+        activity.touch();
+      }
+    });
 
     document.getElementById("session-stay").addEventListener("click", async () => {
       try {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -462,7 +462,7 @@ class AccessLog:
         entry = TimelineEntry(
             row.id, row.occurred_at, row.action, row.purpose, row.emergency, row.agent_kind, row.origin, details, ""
         )
-        return TimelineEntry(**{**asdict(entry), "details": details, "sentence": self.describe(entry)})
+        return replace(entry, sentence=self.describe(entry))
 
     def describe(self, entry: TimelineEntry) -> str:
         """A plain-language sentence, e.g. "Dr A. Jones, cardiologist at Ward 4, viewed your lab results for your

@@ -11,7 +11,7 @@ from litestar.response import Redirect, Template
 
 from portal.accounts.service import STAFF_ROLES, AccountError
 from portal.records.categories import BY_CODE
-from portal.security.guards import Rule, access
+from portal.security.guards import Rule, access, effective_roles
 from portal.security.sessions import Principal, WebSession
 from portal.web.deps import PortalDep
 
@@ -55,6 +55,9 @@ def patient_home(request: Request[Principal, WebSession, Any], portal: PortalDep
             "held": held,
             "passkeys": portal.accounts.passkeys(request.user.subject_id),
             "codes_left": portal.accounts.unused_code_count(request.user.subject_id),
+            "notices": portal.evidence.breaches.notices_for(account.patient_id)
+            if account and account.patient_id
+            else [],
         },
     )
 
@@ -62,8 +65,11 @@ def patient_home(request: Request[Principal, WebSession, Any], portal: PortalDep
 # ---------------------------------------------------------------------- officers
 
 
-@get("/staff", opt=access(Rule.officer), sync_to_thread=False, include_in_schema=False)
-def staff_home() -> Template:
+@get("/staff", opt=access(Rule.officer, Rule.regulator), sync_to_thread=False, include_in_schema=False)
+def staff_home(request: StaffRequest) -> Template | Redirect:
+    # Every staff sign-in lands here; regulators have a page of their own.
+    if Rule.officer.value not in effective_roles(request.user):
+        return Redirect("/regulator")
     return Template(template_name="staff/home.html", context={"active": "staff"})
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from portal.audit import merkle
@@ -244,9 +245,16 @@ class Ledger:
         row = LedgerCheckpoint(
             tree_size=size, root_hash=tree.root(), note=note, frontier=tree.to_bytes(), created_at=now
         )
-        with self.db.write() as session:
-            if session.get(LedgerCheckpoint, size) is None:
-                session.add(row)
+        try:
+            with self.db.write() as session:
+                if session.get(LedgerCheckpoint, size) is None:
+                    session.add(row)
+        except IntegrityError:
+            # Another process signed the same tree size at the same moment: theirs stands.
+            with self.db.read() as session:
+                stored = session.get(LedgerCheckpoint, size)
+            assert stored is not None
+            return stored
         return row
 
     def checkpoints(self) -> list[LedgerCheckpoint]:

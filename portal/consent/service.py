@@ -30,6 +30,7 @@ from portal.consent.fhir import consent_resource
 from portal.consent.models import ConsentDecision, ConsentEvent, ConsentPurpose, NoticeVersion
 from portal.consent.receipts import ReceiptFacts, build_receipt, sign_receipt
 from portal.db import Database, new_id, utcnow
+from portal.records.models import CategoryRestriction
 from portal.records.service import RecordStore
 from portal.security.keystore import KeyStore
 
@@ -529,8 +530,20 @@ class ConsentService:
                 .join(NoticeVersion, NoticeVersion.id == ConsentDecision.notice_version_id)
                 .where(ConsentDecision.patient_id == patient_id, ConsentDecision.purpose_code == purpose)
             ).first()
+            restricted = sorted(
+                session.scalars(
+                    select(CategoryRestriction.category).where(
+                        CategoryRestriction.patient_id == patient_id,
+                        CategoryRestriction.category.in_(found.category_list),
+                    )
+                )
+            )
         decision, seen = (row[0], row[1]) if row is not None else (None, None)
-        result = _decision(found, decision, seen, current, consent_id(patient_id, purpose))
+        result = (
+            _restricted(found, restricted, consent_id(patient_id, purpose))
+            if restricted
+            else _decision(found, decision, seen, current, consent_id(patient_id, purpose))
+        )
         self.ledger.record_grouped(
             AuditEvent(
                 action="consent.check",
@@ -606,6 +619,18 @@ def _view(
         seen.version if seen else None,
         needs_review,
         decision.updated_at,
+    )
+
+
+def _restricted(purpose: ConsentPurpose, categories: list[str], consent: str) -> Decision:
+    """After an erasure request, data kept only because the law requires it is used for nothing else."""
+    return Decision(
+        "deny",
+        f"the patient asked for erasure; {', '.join(categories)} is kept only as the law requires "
+        "and may not be used for this purpose (GDPR Art. 17(3), 18)",
+        f"Consent/{consent}",
+        purpose.code,
+        None,
     )
 
 

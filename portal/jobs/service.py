@@ -64,10 +64,19 @@ class JobRunner:
     def connect_sender(self, sender: Sender) -> None:
         self._sender = sender
 
-    def enqueue(self, session: Session, kind: str, payload: Mapping[str, Any], idempotency_key: str) -> Job:
+    def enqueue(
+        self,
+        session: Session,
+        kind: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str,
+        *,
+        not_before: datetime | None = None,
+    ) -> Job:
         """Add a job in the caller's transaction; its message goes out only after commit.
 
-        The same idempotency key returns the existing job instead of adding a second one.
+        The same idempotency key returns the existing job instead of adding a second one. A job
+        ``not_before`` a later time waits in the table; the watchdog sends it when it is due.
         """
         if kind not in self.handlers:
             raise UnknownJobKindError(kind)
@@ -80,7 +89,7 @@ class JobRunner:
             payload=dict(payload),
             idempotency_key=idempotency_key,
             max_attempts=self.max_attempts,
-            run_after=now,
+            run_after=max(now, not_before or now),
             last_sent_at=now,
             created_at=now,
             updated_at=now,
@@ -92,7 +101,8 @@ class JobRunner:
             # Lost a race with another enqueue of the same key: theirs stands.
             return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one()
         job_id = job.id
-        after_commit(session, lambda: self._send(job_id, 0.0))
+        delay = (job.run_after - now).total_seconds()
+        after_commit(session, lambda: self._send(job_id, delay))
         return job
 
     def run(self, job_id: str) -> bool:

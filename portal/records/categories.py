@@ -114,6 +114,18 @@ CATEGORIES: tuple[Category, ...] = (
             basis="Access logs must be kept for 6 years (HIPAA 45 CFR 164.312(b), 164.530(j))",
         ),
     ),
+    Category(
+        "requests",
+        "Your privacy requests",
+        "Your export and erasure requests, the messages about them and the certificates we issued.",
+        (),
+        Retention(
+            years=6,
+            anchor="the request was closed",
+            basis="Records of how we handled your requests prove we met the law (GDPR Art. 5(2) and 12; "
+            "HIPAA 45 CFR 164.530(j): 6 years)",
+        ),
+    ),
     Category("wellness", "Wellness data you uploaded", "Measurements and notes you added yourself.", (), None),
     Category("preferences", "Preferences", "Your portal settings and notification choices.", (), None),
     Category("portal_activity", "Portal activity", "Your sign-in history and portal usage details.", (), None),

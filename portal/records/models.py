@@ -55,3 +55,15 @@ class Resource(Base):
     source: Mapped[str] = mapped_column(String(40), default="import")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class CategoryRestriction(Base):
+    """A category kept under a legal obligation after an erasure: hidden from normal use until swept."""
+
+    __tablename__ = "category_restrictions"
+
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    category: Mapped[str] = mapped_column(String(40), primary_key=True)
+    retain_until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    basis: Mapped[str] = mapped_column(String(300))
+    request_id: Mapped[str] = mapped_column(String(36))  # the erasure request that set it

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id
 from portal.records.categories import BY_RESOURCE_TYPE, category_for
-from portal.records.models import Patient, PatientIdentifier, Resource
+from portal.records.models import CategoryRestriction, Patient, PatientIdentifier, Resource
 from portal.security.crypto import FieldContext, blind_index, decrypt_field, encrypt_field
 from portal.security.keystore import KeyDestroyedError, KeyStore
 
@@ -265,8 +265,13 @@ class RecordStore:
         role: str | None = None,
         categories: Iterable[str] | None = None,
         resource_types: Iterable[str] | None = None,
+        include_restricted: bool = False,
     ) -> list[StoredResource]:
-        """Decrypt a patient's resources; the access is in the ledger before any data is opened."""
+        """Decrypt a patient's resources; the access is in the ledger before any data is opened.
+
+        Categories kept only under a legal obligation after an erasure request are left out unless
+        ``include_restricted`` (the patient's own export, a legal hold) asks for them.
+        """
         wanted = sorted(set(categories)) if categories is not None else None
         types = sorted(set(resource_types)) if resource_types is not None else None
         with self.db.write() as session:
@@ -282,6 +287,7 @@ class RecordStore:
                     details={
                         "categories": ",".join(wanted) if wanted else "all",
                         "types": ",".join(types) if types else "all",
+                        "restricted": include_restricted,
                     },
                 ),
             )
@@ -294,6 +300,9 @@ class RecordStore:
             query = query.where(Resource.category.in_(wanted))
         if types is not None:
             query = query.where(Resource.resource_type.in_(types))
+        if not include_restricted:
+            restricted = select(CategoryRestriction.category).where(CategoryRestriction.patient_id == patient_id)
+            query = query.where(Resource.category.not_in(restricted))
         with self.db.read() as session:
             rows = session.execute(query.order_by(Resource.resource_type, Resource.id)).all()
         return list(self._open(patient_id, rows))
@@ -316,8 +325,17 @@ class RecordStore:
     def patient_resource(
         self, patient_id: str, *, actor: str, purpose: str, role: str | None = None
     ) -> dict[str, Any] | None:
-        found = self.read(patient_id, actor=actor, purpose=purpose, role=role, resource_types=["Patient"])
+        # Contacting and identifying the patient stays allowed under a restriction (GDPR Art. 18(3)).
+        found = self.read(
+            patient_id, actor=actor, purpose=purpose, role=role, resource_types=["Patient"], include_restricted=True
+        )
         return found[0].resource if found else None
+
+    def restrictions(self, patient_id: str) -> list[CategoryRestriction]:
+        with self.db.read() as session:
+            return list(
+                session.scalars(select(CategoryRestriction).where(CategoryRestriction.patient_id == patient_id))
+            )
 
     def counts(self, patient_id: str) -> dict[str, int]:
         """How many resources of each category are held (no patient data is opened)."""

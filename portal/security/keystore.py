@@ -72,6 +72,20 @@ class SystemKey(KeyBase):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ErasureRecord(KeyBase):
+    """The erasure ledger: each category erased, kept beside the keys and outside the main database,
+    so restoring an old backup of the main database can re-apply every erasure made since."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (UniqueConstraint("patient_id", "category", "request_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(36), index=True)
+    category: Mapped[str] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(36))
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class KeyDestroyedError(LookupError):
     """The data key was destroyed by an erasure: the data it protected is gone for good."""
 
@@ -161,10 +175,25 @@ class KeyStore:
                 select(func.max(DataKey.version)).where(DataKey.patient_id == patient_id, DataKey.category == category)
             )
 
-    def destroy(self, patient_id: str, category: str, *, reason: str) -> int:
-        """Destroy every version of a patient's category key; returns how many were destroyed."""
+    def destroy(self, patient_id: str, category: str, *, reason: str, request_id: str | None = None) -> int:
+        """Destroy every version of a patient's category key; returns how many were destroyed.
+
+        With ``request_id`` the erasure ledger records it in the same transaction (once per request).
+        """
         now = self._clock()
         with self.db.write() as session:
+            if request_id is not None and not session.scalar(
+                select(func.count())
+                .select_from(ErasureRecord)
+                .where(
+                    ErasureRecord.patient_id == patient_id,
+                    ErasureRecord.category == category,
+                    ErasureRecord.request_id == request_id,
+                )
+            ):
+                session.add(
+                    ErasureRecord(patient_id=patient_id, category=category, request_id=request_id, erased_at=now)
+                )
             rows = session.scalars(
                 select(DataKey).where(
                     DataKey.patient_id == patient_id, DataKey.category == category, DataKey.wrapped.is_not(None)
@@ -178,6 +207,14 @@ class KeyStore:
         with self._lock:
             self._cache.pop((patient_id, category), None)
         return len(rows)
+
+    def erasures(self, since: datetime | None = None) -> list[ErasureRecord]:
+        """The erasure ledger, oldest first (all of it, or what was erased after ``since``)."""
+        query = select(ErasureRecord).order_by(ErasureRecord.id)
+        if since is not None:
+            query = query.where(ErasureRecord.erased_at >= since)
+        with self.db.read() as session:
+            return list(session.scalars(query))
 
     def categories_with_keys(self, patient_id: str) -> dict[str, bool]:
         """Each category the patient has a key for, and whether it is still live."""

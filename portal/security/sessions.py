@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Literal
 
 import anyio.to_thread
@@ -130,15 +131,16 @@ class SessionService:
         )
         return token
 
-    def load(self, token: str) -> WebSession | None:
-        """The live session for this id, touching its idle timer; None for unknown or expired ids."""
+    def load(self, token: str, *, touch: bool = True) -> WebSession | None:
+        """The live session for this id, touching its idle timer unless ``touch`` is False (a background
+        poll is not the user being there); None for unknown or expired ids."""
         now = self.clock()
         id_hash = hash_session_id(token)
         with self.db.read() as session:
             found = session.get(WebSession, id_hash)
         if found is None or not found.is_live(now):
             return None
-        if now - found.last_seen_at >= LAST_SEEN_GRANULARITY:
+        if touch and now - found.last_seen_at >= LAST_SEEN_GRANULARITY:
             with self.db.write() as session:
                 session.execute(update(WebSession).where(WebSession.id_hash == id_hash).values(last_seen_at=now))
             found.last_seen_at = now
@@ -226,6 +228,9 @@ def clear_session_cookie() -> Cookie:
     return session_cookie("", max_age=0)
 
 
+PASSIVE_HEADER = b"x-portal-passive"
+
+
 class SessionMiddleware:
     """Resolves the session cookie to a Principal in ``scope["user"]``; clears unknown ids."""
 
@@ -238,7 +243,8 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         token = _cookie_value(scope, COOKIE_NAME)
-        found = await anyio.to_thread.run_sync(self.sessions.load, token) if token else None
+        touch = not _is_passive(scope)
+        found = await anyio.to_thread.run_sync(partial(self.sessions.load, token, touch=touch)) if token else None
         if found is not None:
             scope["user"] = Principal(
                 found.subject_kind, found.subject_id, found.role_set, found.handle, restricted=found.restricted
@@ -250,6 +256,11 @@ class SessionMiddleware:
         if token and found is None:
             send = _clearing_cookie(send)
         await self.app(scope, receive, send)
+
+
+def _is_passive(scope: Scope) -> bool:
+    """A background poll (htmx ``hx-headers`` on the polling element) must not keep an idle session alive."""
+    return any(key == PASSIVE_HEADER and value == b"1" for key, value in scope.get("headers", []))
 
 
 def _cookie_value(scope: Scope, name: str) -> str | None:

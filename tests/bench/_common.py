@@ -200,11 +200,12 @@ class BenchPortal:
 
 
 @contextlib.contextmanager
-def bench_portal(*, pg: bool) -> Iterator[BenchPortal]:
+def bench_portal(*, pg: bool, **overrides: object) -> Iterator[BenchPortal]:
     """A migrated portal in a temp dir: on SQLite files, or on a throwaway PostgreSQL cluster.
 
     With ``pg``, ``$PORTAL_TEST_PG_URL`` is used when set (as in the test suite); otherwise a
     cluster is started (fsync off, as for the tests) and removed again at the end.
+    ``overrides`` are further ``Settings`` values (``origin=...``, ``erasure_waiting_days=0``).
     """
     # Alembic and the portal log at INFO; the figures are the only output wanted here.
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -217,6 +218,7 @@ def bench_portal(*, pg: bool) -> Iterator[BenchPortal]:
                 stack.callback(server.stop)
                 values["database_url"] = server.create_database("bench")
                 values["keystore_url"] = server.create_database("bench_keys")
+            values.update(overrides)
             settings = Settings(**values).complete()  # type: ignore[arg-type]
             portal = build_portal(settings)
             stack.callback(portal.close)

@@ -6,8 +6,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -52,11 +54,12 @@ class LiveServer:
     thread: threading.Thread
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextmanager
+def serve_portal(data_dir: Path, **overrides: Any) -> Iterator[LiveServer]:
+    """A migrated portal on a free loopback port, embedded worker included; ``overrides`` are settings."""
     port = _free_port()
     origin = f"http://localhost:{port}"
-    settings = Settings(data_dir=tmp_path_factory.mktemp("live") / "var", origin=origin).complete()
+    settings = Settings(data_dir=data_dir, origin=origin, **overrides).complete()
     portal = build_portal(settings)
     migrate.upgrade_all(settings.database_url, settings.keystore_url)
     portal.consent.ensure_defaults()
@@ -76,6 +79,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         server.should_exit = True
         thread.join(timeout=10)
         portal.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with serve_portal(tmp_path_factory.mktemp("live") / "var") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

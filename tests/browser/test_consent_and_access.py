@@ -32,11 +32,20 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from playwright.sync_api import Browser, BrowserContext, Download, Page, expect
+from playwright.sync_api import Browser, Download, Page, expect
 
-from tests.browser.conftest import CSP_WATCH, LiveServer, PageProblems
-from tests.browser.test_passkeys import Authenticators, assert_accessible, assert_clean
-from tests.support.accounts import new_patient
+from tests.browser._flows import (
+    Actor,
+    Authenticators,
+    assert_accessible,
+    assert_clean,
+    enrol_officer,
+    enrol_patient,
+    mark_document,
+    open_context,
+    same_document,
+)
+from tests.browser.conftest import LiveServer
 from tests.support.balp import balp_event
 
 pytestmark = pytest.mark.browser
@@ -55,66 +64,12 @@ LAB = "Sam Patel, laboratory technician at Pathology, Lab Co viewed your lab res
 
 
 @dataclass
-class Actor:
-    """A signed-in browser context with its one page and what that page complained about."""
-
-    context: BrowserContext
-    page: Page
-    problems: PageProblems
-
-
-@dataclass
 class Patient(Actor):
     mrn: str
     patient_id: str
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def open_context(browser: Browser) -> Actor:
-    context = browser.new_context()
-    context.add_init_script(CSP_WATCH)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    problems = PageProblems()
-    page.on("console", lambda msg: problems.console_errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.page_errors.append(str(exc)))
-    return Actor(context, page, problems)
-
-
-def enrol_patient(actor: Actor, live_server: LiveServer, seed: int) -> str:
-    """Invitation → date of birth → "Create my passkey"; returns the MRN."""
-    page = actor.page
-    mrn, birth_date = new_patient(live_server.portal, seed)
-    page.goto(live_server.portal.accounts.invite_patient(mrn, actor="system:test"))
-    year, month, day = birth_date.split("-")
-    page.get_by_label("Day", exact=True).fill(day)
-    page.get_by_label("Month", exact=True).fill(month)
-    page.get_by_label("Year", exact=True).fill(year)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_role("button", name="Create my passkey").click()
-    page.wait_for_url("**/account/recovery-codes?welcome=1")
-    return mrn
-
-
-def enrol_officer(actor: Actor, live_server: LiveServer) -> None:
-    link = live_server.portal.accounts.create_staff(
-        "officer@example.org", "privacy_officer", "Olivia Officer", actor="system:test"
-    )
-    actor.page.goto(link)
-    expect(actor.page.get_by_role("heading", level=1)).to_have_text("Set up your staff account")
-    actor.page.get_by_role("button", name="Create my passkey").click()
-    actor.page.wait_for_url("**/account/recovery-codes?welcome=1")
-
-
-def mark_document(page: Page) -> None:
-    """A marker on ``window`` that only survives as long as no new document is loaded."""
-    page.evaluate("window.__sameDocument = true")
-
-
-def same_document(page: Page) -> bool:
-    return bool(page.evaluate("window.__sameDocument === true"))
 
 
 def download(page: Page, link_name: str) -> tuple[Download, bytes]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import BrowserContext, CDPSession, Page, Route, expect
+from playwright.sync_api import BrowserContext, Page, Route, expect
 
 from portal.security.sessions import COOKIE_NAME
-from tests.browser.conftest import LiveServer, PageProblems, csp_violations
+from tests.browser._flows import Authenticators, assert_accessible, assert_clean, confirm_step_up
+from tests.browser.conftest import LiveServer, PageProblems
 from tests.support.accounts import new_patient
 
 pytestmark = pytest.mark.browser
@@ -54,58 +53,12 @@ WEBAUTHN_WATCH = """
 })();
 """
 
-FAILED_FETCH = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
-
 
 @dataclass(frozen=True)
 class Call:
     method: str
     mediation: str | None
     outcome: str
-
-
-class Authenticators:
-    """Chromium's virtual WebAuthn authenticators for one page, through the DevTools protocol."""
-
-    def __init__(self, context: BrowserContext, page: Page) -> None:
-        self.cdp: CDPSession = context.new_cdp_session(page)
-        self.cdp.send("WebAuthn.enable", {"enableUI": False})
-
-    def add(self, *, transport: str = "internal", verified: bool = True, synced: bool = False) -> str:
-        """An authenticator with resident keys and user verification; ``synced`` sets the BE/BS flags.
-
-        Chrome allows one ``internal`` (platform) authenticator at a time; others are security keys.
-        """
-        options = {
-            "protocol": "ctap2",
-            "ctap2Version": "ctap2_1",
-            "transport": transport,
-            "hasResidentKey": True,
-            "hasUserVerification": True,
-            "isUserVerified": verified,
-            "automaticPresenceSimulation": True,
-            "defaultBackupEligibility": synced,
-            "defaultBackupState": synced,
-        }
-        return str(self.cdp.send("WebAuthn.addVirtualAuthenticator", {"options": options})["authenticatorId"])
-
-    def remove(self, authenticator: str) -> None:
-        self.cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": authenticator})
-
-    def credentials(self, authenticator: str) -> list[dict[str, Any]]:
-        found = self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
-        return list(found["credentials"])
-
-    def presence(self, authenticator: str, *, enabled: bool) -> None:
-        """With presence simulation off the authenticator never answers (the user does not touch it)."""
-        self.cdp.send("WebAuthn.setAutomaticPresenceSimulation", {"authenticatorId": authenticator, "enabled": enabled})
-
-    def user_verified(self, authenticator: str, *, verified: bool) -> None:
-        self.cdp.send("WebAuthn.setUserVerified", {"authenticatorId": authenticator, "isUserVerified": verified})
-
-    def bad_uv_bit(self, authenticator: str) -> None:
-        """Responses carry UV=0 although the browser asked for (and believes in) verification."""
-        self.cdp.send("WebAuthn.setResponseOverrideBits", {"authenticatorId": authenticator, "isBadUV": True})
 
 
 @pytest.fixture
@@ -142,20 +95,6 @@ def forget_calls(page: Page) -> None:
     page.evaluate("sessionStorage.removeItem('__webauthnCalls')")
 
 
-def assert_accessible(page: Page) -> None:
-    results = Axe().run(page)
-    assert results.violations_count == 0, f"{page.url}\n{results.generate_report()}"
-
-
-def assert_clean(page: Page, problems: PageProblems, *, expected_failures: int = 0) -> None:
-    """No page errors, no CSP violations, and no console errors except the expected refused requests."""
-    assert problems.page_errors == []
-    assert csp_violations(page) == []
-    unexpected = [e for e in problems.console_errors if not FAILED_FETCH.search(e)]
-    assert unexpected == []
-    assert len(problems.console_errors) == expected_failures, problems.console_errors
-
-
 def sign_out(page: Page, origin: str) -> None:
     page.get_by_role("button", name="Sign out", exact=True).click()
     page.wait_for_url(origin + "/")
@@ -184,12 +123,6 @@ def enrol_patient(page: Page, live_server: LiveServer, seed: int, *, check_axe: 
     create.click()
     page.wait_for_url("**/account/recovery-codes?welcome=1")
     expect(page.get_by_role("status")).to_contain_text("Your passkey is set up")
-
-
-def confirm_step_up(page: Page) -> None:
-    dialog = page.get_by_role("dialog", name="Confirm it is you")
-    expect(dialog).to_be_visible()
-    dialog.get_by_role("button", name="Confirm with passkey").click()
 
 
 def create_recovery_codes(page: Page) -> list[str]:

@@ -102,7 +102,8 @@ def test_backup_create_check_and_restore_into_empty(portal: Portal, tmp_path: Pa
 def test_demo_seeds_once(portal: Portal) -> None:
     lines = list(seed_demo(portal, patients=3, large=0))
     assert lines[0].startswith("demo: imported 3 synthetic patients")
-    assert list(seed_demo(portal, patients=3, large=0)) == ["demo: 3 patients already present; not seeding again"]
+    assert any(line.startswith("demo former patient") for line in lines)
+    assert list(seed_demo(portal, patients=3, large=0)) == ["demo: 4 patients already present; not seeding again"]
 
 
 def test_periodic_checkpoint_runs_as_a_job(portal: Portal) -> None:
@@ -113,7 +114,7 @@ def test_periodic_checkpoint_runs_as_a_job(portal: Portal) -> None:
     sent: list[str] = []
     portal.jobs.connect_sender(lambda job_id, delay: sent.append(job_id))
     watchdog.tick()
-    assert len(sent) == 2, "a checkpoint and the daily access-log retention sweep"
+    assert len(sent) == 3, "a checkpoint, the daily access-log retention sweep and the hourly requests tick"
     for job_id in sent:
         assert portal.jobs.run(job_id)
     assert portal.ledger.checkpoints()[-1].tree_size == 1

@@ -104,3 +104,28 @@ def test_revoke_all_other_sessions(portal: Portal) -> None:
     assert portal.sessions.load(other) is None
     assert portal.sessions.load(keep) is not None
     assert [s.handle for s in portal.sessions.live_sessions("p1")] == [kept.handle]
+
+
+def test_background_polls_do_not_keep_an_idle_session_alive(client: TestClient[Litestar], portal: Portal) -> None:
+    """ASVS 5.0 V7.3.1: the idle timeout counts the user's activity, not a page polling by itself."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from portal.security.sessions import WebSession
+
+    token = sign_in(client, portal, kind="staff", roles=frozenset({"privacy_officer"}))
+    long_ago = portal.sessions.clock() - timedelta(minutes=10)
+
+    def last_seen() -> object:
+        with portal.db.read() as session:
+            found = session.get(WebSession, hash_session_id(token))
+            assert found is not None
+            return found.last_seen_at
+
+    with portal.db.write() as session:
+        session.execute(update(WebSession).values(last_seen_at=long_ago))
+    assert client.get("/staff/requests", headers={"x-portal-passive": "1"}).status_code == 200
+    assert last_seen() == long_ago
+    assert client.get("/staff/requests").status_code == 200
+    assert last_seen() != long_ago

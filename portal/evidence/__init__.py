@@ -1,0 +1,1 @@
+"""Evidence for regulators: signed evidence packs, regulator recipients, compliance reports, breaches."""
