@@ -123,6 +123,7 @@ def _pack_page(portal: Any, pack_id: str, status: int = 200, **extra: Any) -> Te
         context={
             "active": "evidence",
             "pack": pack,
+            "failure": portal.evidence.build_failure(pack),
             "shares": portal.evidence.shares(pack_id),
             "regulators": regulators,
             "names": {r.id: r.authority for r in regulators},

@@ -28,6 +28,7 @@ from portal.evidence import pack as layout
 from portal.evidence.breaches import BreachRegister
 from portal.evidence.models import EvidencePack, PackShare, RegulatorRecipient
 from portal.evidence.reports import ComplianceReports
+from portal.jobs.models import JobStatus
 from portal.jobs.service import JobRunner
 from portal.pdf import PdfRenderer
 from portal.security.crypto import public_key_fingerprint
@@ -328,6 +329,13 @@ class EvidenceService:
             else None,
             previous_size=previous if has_previous else None,
         )
+
+    def build_failure(self, pack: EvidencePack) -> str | None:
+        """Why a pack that is not ready will not become ready (its job gave up), or None."""
+        if pack.status == "ready":
+            return None
+        job = self.jobs.find(f"{PACK_JOB}:{pack.id}")
+        return (job.last_error or "the build failed") if job is not None and job.status == JobStatus.failed else None
 
     def packs(self) -> list[EvidencePack]:
         with self.db.read() as session:

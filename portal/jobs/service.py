@@ -157,6 +157,10 @@ class JobRunner:
             log.warning("job.resent", count=len(ids))
         return len(ids)
 
+    def find(self, idempotency_key: str) -> Job | None:
+        with self.db.read() as session:
+            return session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).first()
+
     def get(self, job_id: str) -> Job | None:
         with self.db.read() as session:
             return session.get(Job, job_id)

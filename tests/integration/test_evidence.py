@@ -22,11 +22,13 @@ from litestar.testing import TestClient
 from sqlalchemy import select, text, update
 
 from portal.__main__ import cli
+from portal.access.service import TimelineFilter
 from portal.audit import merkle
 from portal.audit.ledger import AuditEvent, LedgerEntry
 from portal.container import Portal
 from portal.dsar.signed import public_key_pem, sign_bytes
 from portal.evidence.models import EvidencePack
+from portal.evidence.service import EvidenceError
 from portal.evidence.verify_pack import verify_pack
 from portal.records.synthetic import MRN_SYSTEM, generate_patient_bundle
 from portal.settings import Settings
@@ -312,3 +314,35 @@ def test_cli_prints_each_check_and_fails_on_a_tampered_pack(pack_files: dict[str
     failed = CliRunner().invoke(cli, ["evidence", "verify", str(bad)])
     assert failed.exit_code == 1
     assert "FAIL  file hashes: requests.csv was changed" in failed.output
+
+
+def test_a_pack_whose_build_gave_up_says_so(portal: Portal) -> None:
+    from portal.jobs.models import Job, JobStatus
+
+    pack = portal.evidence.request_pack("period", PERIOD, recipient_id=None, actor="t")
+    assert portal.evidence.build_failure(portal.evidence.pack(pack.id)) is None
+    with portal.db.write() as session:
+        session.execute(update(Job).values(status=JobStatus.failed, last_error="OSError: disk full"))
+    assert portal.evidence.build_failure(portal.evidence.pack(pack.id)) == "OSError: disk full"
+
+
+def test_pack_for_an_access_dispute_verifies_and_holds_the_case(portal: Portal) -> None:
+    from tests.support.accounts import new_patient
+    from tests.support.balp import balp_event
+
+    mrn, _birth = new_patient(portal)
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    assert portal.access.ingest([balp_event("dispute-1", mrn)], sender="test-ehr").count("accepted") == 1
+    ((event,), _total) = portal.access.timeline(patient_id, TimelineFilter())
+    case = portal.cases.open_case(patient_id, event.id, "I was not treated that day", actor="patient:t")
+    portal.cases.close(case.id, "not_justified", "The access was not needed for care.", actor="staff:t")
+    with pytest.raises(EvidenceError, match="no access case"):
+        portal.evidence.request_pack("case", {"case": "nope"}, recipient_id=None, actor="staff:t")
+    pack = portal.evidence.request_pack("case", {"case": case.id}, recipient_id=None, actor="staff:t")
+    files = _files(_built(portal, pack.id))
+    assert _failures(_zip(files)) == {}
+    log = json.loads(files["requests.json"])
+    assert [c["id"] for c in log["access_cases"]] == [case.id]
+    assert "The access was not needed for care." in files["requests.json"].decode()
+    assert "I was not treated that day" not in files["requests.json"].decode()  # the patient's own words stay out
