@@ -45,6 +45,8 @@ DATE_FIELDS = (
 )
 AUDIT_ACTION = {"read": "R", "query": "E", "create": "C", "update": "U", "delete": "D", "disclose": "R"}
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PSEUDONYM_SYSTEM = "urn:portal:patient-pseudonym"
 _JSON_BATCH = 8192  # encoder pieces joined and encoded at a time (see _json_bytes)
 
 Progress = Callable[[int, str], None]
@@ -131,7 +133,15 @@ class ExportBuilder:
                 end=_day_start(scope.end) + timedelta(days=1) if scope.end else None,
             )
             resources += [audit_event(entry, patient_ref) for entry in self.access.all_entries(patient_id, window)]
-        resources.append(self._provenance(request_id, patient_ref, now))
+        resources.append(
+            provenance(
+                {"reference": patient_ref},
+                operation="EXECUTE",
+                text=f"Export of the patient's data at their request {request_id}",
+                controller=self.controller,
+                now=now,
+            )
+        )
         bundle = self._bundle(request_id, resources, now)
         counts = dict(Counter(r["resourceType"] for r in resources))
         progress(55, "Writing spreadsheets")
@@ -174,17 +184,6 @@ class ExportBuilder:
         resource = self.consent.fhir_consent(patient_id, code)
         resource["patient"] = {"reference": patient_ref}
         return resource
-
-    def _provenance(self, request_id: str, patient_ref: str, now: datetime) -> dict[str, Any]:
-        return {
-            "resourceType": "Provenance",
-            "id": new_id(),
-            "target": [{"reference": patient_ref}],
-            "recorded": _instant(now),
-            "reason": [{"coding": [{"system": ACT_REASON, "code": "PATRQT", "display": "patient requested"}]}],
-            "activity": {"text": f"Export of the patient's data at their request {request_id}"},
-            "agent": [{"who": {"display": f"{self.controller} privacy portal"}}],
-        }
 
     def _bundle(self, request_id: str, resources: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
         return {
@@ -253,6 +252,19 @@ def audit_event(entry: TimelineEntry, patient_ref: str) -> dict[str, Any]:
     if entry.sentence:
         resource["outcomeDesc"] = entry.sentence
     return resource
+
+
+def provenance(target: dict[str, Any], *, operation: str, text: str, controller: str, now: datetime) -> dict[str, Any]:
+    """A FHIR R4 Provenance saying what the portal did to the patient's data, at their request."""
+    return {
+        "resourceType": "Provenance",
+        "id": new_id(),
+        "target": [target],
+        "recorded": _instant(now),
+        "reason": [{"coding": [{"system": ACT_REASON, "code": "PATRQT", "display": "patient requested"}]}],
+        "activity": {"coding": [{"system": DATA_OPERATION, "code": operation}], "text": text},
+        "agent": [{"who": {"display": f"{controller} privacy portal"}}],
+    }
 
 
 def resource_date(resource: Mapping[str, Any]) -> date | None:

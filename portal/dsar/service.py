@@ -29,7 +29,7 @@ from portal.consent.models import ConsentEvent, ConsentPurpose
 from portal.db import Database, new_id, utcnow
 from portal.dsar import deadlines
 from portal.dsar.erasure import Eraser, PlanItem, Step
-from portal.dsar.export import ExportBuilder, Scope
+from portal.dsar.export import PSEUDONYM_SYSTEM, ExportBuilder, Scope, provenance
 from portal.dsar.lifecycle import LABELS, Action, Kind, Snapshot, Status, TransitionError, is_final, step
 from portal.dsar.models import (
     DataRequest,
@@ -599,6 +599,13 @@ class RequestService:
             "verification": {"checked_at": _iso(now), "passed": all(c["ok"] for c in checks), "checks": checks},
             "recipients_notified": [r.name for r in recipients],
             "completed_at": _iso(now),
+            "provenance": provenance(
+                {"identifier": {"system": PSEUDONYM_SYSTEM, "value": request.patient_id}},
+                operation="DELETE",
+                text=f"Erasure of the patient's data at their request {request.id}",
+                controller=self.controller,
+                now=now,
+            ),
         }
         return sign_document(document, self.keys.signing_key())
 

@@ -423,6 +423,8 @@ def test_erasure_needs_two_different_officers_then_erases_verifies_and_certifies
     signed = portal.requests.certificate(request_id, patient_id=patient_id)
     document = verify_document(signed, portal.keys.signing_key().public_key())
     assert document["verification"]["passed"] is True
+    get_fhir_model_class("Provenance").model_validate(document["provenance"])
+    assert document["provenance"]["activity"]["coding"][0]["code"] == "DELETE"
     assert {a["officer"] for a in document["approved_by"]} == {_account_of(portal, n) for n in ("olivia", "oscar")}
     assert document["recipients_notified"] == ["Regional Health Information Exchange"]
     assert {e["category"] for e in document["erased"]} == set(erased)
