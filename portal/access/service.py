@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -207,7 +207,8 @@ class AccessLog:
                     result.lines.append(LineResult(index, "duplicate", "already recorded"))
                     continue
                 seen.add(key)
-                row_id = self._add(session, patient_id, key, facts, origin="api")
+                as_dict = facts.as_dict()
+                row_id = self._add(session, patient_id, key, facts, origin="api", as_dict=as_dict)
                 org = (patient_id, self._org_index(facts.organisation))
                 self._alerts_for(session, preferences.get(patient_id), facts, row_id, new_org=org not in orgs_seen)
                 orgs_seen.add(org)
@@ -221,7 +222,7 @@ class AccessLog:
                         object=f"access-event:{row_id}",
                         purpose=facts.purpose,
                         details={"action": facts.action, "emergency": facts.emergency},
-                        payload=asdict(facts),
+                        payload=as_dict,
                     )
                 )
             self.ledger.append_many(session, events)
@@ -232,9 +233,19 @@ class AccessLog:
         ).all()
         return {(patient_id, org) for patient_id, org in rows}
 
-    def _add(self, session: Session, patient_id: str, source_key: str, facts: AccessFacts, *, origin: str) -> str:
+    def _add(
+        self,
+        session: Session,
+        patient_id: str,
+        source_key: str,
+        facts: AccessFacts,
+        *,
+        origin: str,
+        as_dict: dict[str, Any] | None = None,
+    ) -> str:
         row_id = new_id()
-        details = {k: v for k, v in asdict(facts).items() if k not in {"patient_identifier", "occurred_at"}}
+        everything = as_dict if as_dict is not None else facts.as_dict()
+        details = {k: v for k, v in everything.items() if k not in {"patient_identifier", "occurred_at"}}
         version, body = self.seal(patient_id, "access_events", row_id, json.dumps(details).encode())
         session.add(
             AccessEvent(
