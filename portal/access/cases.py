@@ -17,6 +17,7 @@ from portal.access.models import AccessCase, AccessEvent, CaseMessage
 from portal.access.service import AccessLog, TimelineEntry, TimelineFilter
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
+from portal.text import required_text
 
 CASE_DEADLINE = timedelta(days=30)
 FINDINGS = {
@@ -24,7 +25,6 @@ FINDINGS = {
     "not_justified": "The access was not justified",
     "referred": "The case was referred for further investigation",
 }
-MAX_TEXT = 4000
 NEIGHBOURHOOD = timedelta(days=2)
 
 
@@ -57,7 +57,7 @@ class CaseService:
         self.clock = clock
 
     def open_case(self, patient_id: str, access_event_id: str, reason: str, *, actor: str) -> AccessCase:
-        text = _text(reason, "say why you question this access")
+        text = required_text(reason, "say why you question this access", CaseError)
         now = self.clock()
         with self.db.write() as session:
             event = session.get(AccessEvent, access_event_id)
@@ -101,7 +101,7 @@ class CaseService:
     def _step(
         self, case_id: str, actor: str, kind: str, text: str, *, status: str, action: str, finding: str | None = None
     ) -> None:
-        body = _text(text, "write a message")
+        body = required_text(text, "write a message", CaseError)
         with self.db.write() as session:
             case = session.get(AccessCase, case_id, with_for_update=True)
             if case is None:
@@ -194,12 +194,3 @@ class CaseService:
         )
         window = TimelineFilter(start=event.occurred_at - NEIGHBOURHOOD, end=event.occurred_at + NEIGHBOURHOOD)
         return self.access.all_entries(case.patient_id, window)
-
-
-def _text(value: str, missing: str) -> str:
-    text = value.strip()
-    if not text:
-        raise CaseError(missing)
-    if len(text) > MAX_TEXT:
-        raise CaseError(f"keep it under {MAX_TEXT} characters")
-    return text

@@ -44,10 +44,11 @@ from portal.dsar.signed import sign_document
 from portal.jobs.models import Job, JobStatus
 from portal.jobs.service import JobContext, JobRunner
 from portal.notify import Notifier
-from portal.records.categories import BY_CODE, CATEGORIES
+from portal.records.categories import BY_CODE
 from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
 from portal.security.keystore import KeyDestroyedError, KeyStore
 from portal.security.sessions import WebSession
+from portal.text import required_text
 
 log = structlog.get_logger("portal.dsar")
 
@@ -58,7 +59,6 @@ KEY_CATEGORY = "requests"  # request messages and export archives are encrypted 
 EXPORT_AVAILABLE = timedelta(days=7)
 AUTO_APPROVE_EXPORTS = "auto_approve_exports"
 POLICIES = {AUTO_APPROVE_EXPORTS: "Approve exports by patients who confirmed it is them with a passkey"}
-MAX_TEXT = 4000
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}")
 SYSTEM = "system:dsar"
 ERASURE_METHOD = (
@@ -201,7 +201,7 @@ class RequestService:
             self._transition(session, request, Action.cancel, actor=actor)
 
     def reply(self, patient_id: str, request_id: str, text: str, *, actor: str) -> None:
-        body = _text(text, "write your reply")
+        body = required_text(text, "write your reply", RequestError)
         with self.db.write() as session:
             request = self._own(session, patient_id, request_id)
             self._resume_clock(request)
@@ -333,7 +333,7 @@ class RequestService:
             request.assignee = officer_id
 
     def ask_patient(self, request_id: str, question: str, *, officer_id: str) -> None:
-        body = _text(question, "write your question to the patient")
+        body = required_text(question, "write your question to the patient", RequestError)
         with self.db.write() as session:
             request = self._locked(session, request_id)
             self._transition(session, request, Action.ask_patient, actor=f"staff:{officer_id}", text=body)
@@ -373,7 +373,7 @@ class RequestService:
             return after
 
     def deny(self, request_id: str, reason: str, *, officer_id: str) -> None:
-        body = _text(reason, "give the reason the patient will see")
+        body = required_text(reason, "give the reason the patient will see", RequestError)
         with self.db.write() as session:
             request = self._locked(session, request_id)
             self._resume_clock(request)
@@ -382,7 +382,7 @@ class RequestService:
 
     def extend(self, request_id: str, reason: str, *, officer_id: str) -> None:
         """Extend once, with a reason the patient is told, and only before the first deadline passes."""
-        body = _text(reason, "give the reason for the extension")
+        body = required_text(reason, "give the reason for the extension", RequestError)
         with self.db.write() as session:
             request = self._locked(session, request_id)
             first = deadlines.compute(
@@ -908,15 +908,6 @@ def _deadlines(request: DataRequest) -> deadlines.Deadlines:
     )
 
 
-def _text(value: str, missing: str) -> str:
-    text = value.strip()
-    if not text:
-        raise RequestError(missing)
-    if len(text) > MAX_TEXT:
-        raise RequestError(f"keep it under {MAX_TEXT} characters")
-    return text
-
-
 def _text_context(patient_id: str, event_id: str, version: int) -> FieldContext:
     return FieldContext(
         patient_id=patient_id, table="data_request_events", column="text", row_id=event_id, key_version=version
@@ -931,7 +922,3 @@ def _archive_context(patient_id: str, request_id: str, version: int) -> FieldCon
 
 def _iso(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def category_titles() -> dict[str, str]:
-    return {category.code: category.title for category in CATEGORIES}

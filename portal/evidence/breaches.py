@@ -21,6 +21,7 @@ from portal.audit.ledger import AuditEvent, Ledger, LedgerEntry
 from portal.db import Database, new_id
 from portal.evidence.models import Breach, BreachEvent, BreachSubject
 from portal.records.models import Patient
+from portal.text import required_text
 
 GDPR_AUTHORITY = timedelta(hours=72)
 HIPAA_INDIVIDUALS = timedelta(days=60)
@@ -30,7 +31,6 @@ STATUSES = {
     "not_a_breach": "Not a breach",
     "closed": "Closed",
 }
-MAX_TEXT = 4000
 LOOKUP_CHUNK = 500
 
 
@@ -92,8 +92,8 @@ class BreachRegister:
             raise BreachError("the discovery time cannot be in the future")
         breach = Breach(
             id=new_id(),
-            title=_text(title, "give the breach a short title", 200),
-            description=_text(description, "describe what happened (without patient details)", MAX_TEXT),
+            title=required_text(title, "give the breach a short title", BreachError, 200),
+            description=required_text(description, "describe what happened (without patient details)", BreachError),
             discovered_at=discovered_at,
             window_start=window_start,
             window_end=window_end,
@@ -151,7 +151,7 @@ class BreachRegister:
                 session,
                 breach,
                 "decision",
-                f"{STATUSES[status]}: {_text(text, 'give the reason', MAX_TEXT)}",
+                f"{STATUSES[status]}: {required_text(text, 'give the reason', BreachError)}",
                 actor=actor,
                 now=now,
             )
@@ -164,7 +164,7 @@ class BreachRegister:
                 session,
                 breach,
                 "notification",
-                _text(text, "say who was notified and how", MAX_TEXT),
+                required_text(text, "say who was notified and how", BreachError),
                 actor=actor,
                 now=now,
             )
@@ -173,7 +173,7 @@ class BreachRegister:
         """Show ``notice`` to every affected patient in the portal; returns how many were newly told."""
         with self.db.write() as session:
             breach = self._breach(session, breach_id)
-            breach.patient_notice = _text(notice, "write the notice patients will read", MAX_TEXT)
+            breach.patient_notice = required_text(notice, "write the notice patients will read", BreachError)
             subjects = list(
                 session.scalars(
                     select(BreachSubject).where(
@@ -242,15 +242,6 @@ class BreachRegister:
                     .order_by(Breach.discovered_at.desc())
                 )
             )
-
-
-def _text(value: str, missing: str, limit: int) -> str:
-    text = value.strip()
-    if not text:
-        raise BreachError(missing)
-    if len(text) > limit:
-        raise BreachError(f"keep it under {limit} characters")
-    return text
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
