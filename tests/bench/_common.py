@@ -18,6 +18,7 @@ import platform
 import pstats
 import re
 import resource
+import socket
 import statistics
 import tempfile
 import time
@@ -41,6 +42,20 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 # ----------------------------------------------------------------------------- timing
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+def goal(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
 
 def median(samples: Sequence[float]) -> float:

@@ -53,7 +53,6 @@ import math
 import os
 import pstats
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -84,7 +83,7 @@ from portal.records.models import Patient, PatientIdentifier
 from portal.records.synthetic import MRN_SYSTEM
 from portal.security.sessions import COOKIE_NAME, Principal
 from portal.settings import Settings
-from tests.bench._common import Reporter, machine, percentile, server_version, timed
+from tests.bench._common import Reporter, free_port, goal, machine, ms, percentile, server_version, timed
 from tests.bench._server import LiveServer, live_server
 from tests.support.balp import balp_event
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
@@ -137,20 +136,6 @@ BREAK_GLASS = ("unconscious on arrival", "trauma call", "cardiac arrest")
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ms(seconds: float) -> float:
-    return seconds * 1e3
-
-
-def goal(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def median_of(repeat: int, fn: Callable[[], object]) -> float:

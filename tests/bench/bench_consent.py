@@ -40,7 +40,6 @@ import os
 import pstats
 import random
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from portal.container import Portal, build_portal
 from portal.records.models import Patient, PatientIdentifier
 from portal.security.ratelimit import Limit
 from portal.settings import Settings
-from tests.bench._common import Reporter, machine, percentile, server_version
+from tests.bench._common import Reporter, free_port, goal, machine, ms, percentile, server_version
 from tests.bench._server import LiveServer, live_server
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
 
@@ -143,20 +142,6 @@ EXTRA_PURPOSES: tuple[dict[str, Any], ...] = (
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ms(seconds: float) -> float:
-    return seconds * 1e3
-
-
-def goal(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -74,6 +74,8 @@ from tests.bench._common import (
     BenchPortal,
     Reporter,
     bench_portal,
+    free_port,
+    goal,
     lifetime_peak_rss_mib,
     machine,
     median,
@@ -85,7 +87,7 @@ from tests.bench._common import (
     timed,
 )
 from tests.bench._server import live_server, server_env
-from tests.bench.bench_access import code_version, free_port, goal, random_spec
+from tests.bench.bench_access import code_version, random_spec
 from tests.conftest import csrf_token
 from tests.support.accounts import confirm_birth_date, register, step_up, token_of
 from tests.support.authenticator import SoftwareAuthenticator
