@@ -362,10 +362,21 @@ def _staff_page(request: AnyRequest, portal: Any, request_id: str, error: str | 
             "colour": colour,
             "labels": LABELS,
             "me": request.user.subject_id,
+            "who": lambda actor: _who(portal, actor),
             "stalled": portal.requests.stalled(view.request),
             "error": error,
         },
     )
+
+
+def _who(portal: Any, actor: str) -> str:
+    """Who did a step, for the officer: the patient, an officer by name, or the portal itself."""
+    kind, _, subject = actor.partition(":")
+    if kind == "patient":
+        return "The patient"
+    if kind == "staff":
+        return str(portal.accounts.staff_name(subject) or "An officer")
+    return "The portal"
 
 
 def _officer_action(path: str) -> post:
