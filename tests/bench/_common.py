@@ -22,12 +22,13 @@ import socket
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 
 from portal import migrate
 from portal.container import Portal, build_portal
@@ -239,3 +240,36 @@ def bench_portal(*, pg: bool, **overrides: object) -> Iterator[BenchPortal]:
             stack.callback(portal.close)
             migrate.upgrade_all(settings.database_url, settings.keystore_url)
             yield BenchPortal(portal, settings, "postgresql" if pg else "sqlite")
+
+
+# ----------------------------------------------------------------------------- profiling
+
+
+def pstats_table(profiler: cProfile.Profile, sort: str, top: int) -> str:
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(sort).print_stats(top)
+    lines = out.getvalue().splitlines()
+    first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    return "\n".join(line for line in lines[first:] if line.strip())
+
+
+@contextlib.contextmanager
+def count_statements(engine: Engine) -> Iterator[Counter[str]]:
+    """SQL statements sent (by verb) and pool checkouts on one engine while inside."""
+    counts: Counter[str] = Counter()
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool) -> None:
+        counts["statements"] += 1
+        verb = statement.lstrip().split(None, 1)[0].lower() if statement.strip() else "empty"
+        counts[f"{verb}{'_many' if many else ''}"] += 1
+
+    def on_checkout(*_args: Any) -> None:
+        counts["checkouts"] += 1
+
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine.pool, "checkout", on_checkout)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine.pool, "checkout", on_checkout)

@@ -46,12 +46,10 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
 import json
 import logging
 import math
 import os
-import pstats
 import random
 import statistics
 import subprocess
@@ -66,7 +64,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, func, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from portal import migrate
@@ -83,7 +81,18 @@ from portal.records.models import Patient, PatientIdentifier
 from portal.records.synthetic import MRN_SYSTEM
 from portal.security.sessions import COOKIE_NAME, Principal
 from portal.settings import Settings
-from tests.bench._common import Reporter, free_port, goal, machine, ms, percentile, server_version, timed
+from tests.bench._common import (
+    Reporter,
+    count_statements,
+    free_port,
+    goal,
+    machine,
+    ms,
+    percentile,
+    pstats_table,
+    server_version,
+    timed,
+)
 from tests.bench._server import LiveServer, live_server
 from tests.support.balp import balp_event
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
@@ -156,36 +165,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
-
-
-def pstats_table(profiler: cProfile.Profile, sort: str, top: int) -> str:
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(sort).print_stats(top)
-    lines = out.getvalue().splitlines()
-    first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
-    return "\n".join(line for line in lines[first:] if line.strip())
-
-
-@contextlib.contextmanager
-def count_statements(engine: Engine) -> Iterator[Counter[str]]:
-    """SQL statements sent (by verb) and pool checkouts on one engine while inside."""
-    counts: Counter[str] = Counter()
-
-    def on_statement(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool) -> None:
-        counts["statements"] += 1
-        verb = statement.lstrip().split(None, 1)[0].lower() if statement.strip() else "empty"
-        counts[f"{verb}{'_many' if many else ''}"] += 1
-
-    def on_checkout(*_args: Any) -> None:
-        counts["checkouts"] += 1
-
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine.pool, "checkout", on_checkout)
-    try:
-        yield counts
-    finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine.pool, "checkout", on_checkout)
 
 
 def weighted(rng: random.Random, choices: Sequence[tuple[str, int]]) -> str:

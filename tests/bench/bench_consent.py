@@ -33,11 +33,9 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
 import logging
 import math
 import os
-import pstats
 import random
 import resource
 import statistics
@@ -54,7 +52,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 
 from portal import migrate
 from portal.api.service import ApiRateLimits
@@ -64,7 +62,17 @@ from portal.container import Portal, build_portal
 from portal.records.models import Patient, PatientIdentifier
 from portal.security.ratelimit import Limit
 from portal.settings import Settings
-from tests.bench._common import Reporter, free_port, goal, machine, ms, percentile, server_version
+from tests.bench._common import (
+    Reporter,
+    count_statements,
+    free_port,
+    goal,
+    machine,
+    ms,
+    percentile,
+    pstats_table,
+    server_version,
+)
 from tests.bench._server import LiveServer, live_server
 from tests.support.servers import LocalPostgres, PostgresServer, start_postgres
 
@@ -545,14 +553,6 @@ def report_phase(out: Reporter, result: PhaseResult, unit: str) -> None:
 # ----------------------------------------------------------------------------- 5. profile
 
 
-def _pstats_table(profiler: cProfile.Profile, sort: str, top: int) -> str:
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(sort).print_stats(top)
-    lines = out.getvalue().splitlines()
-    first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
-    return "\n".join(line for line in lines[first:] if line.strip())
-
-
 def _per_call(count: int, fn: Callable[[], object]) -> list[float]:
     seconds = []
     for _ in range(count):
@@ -560,27 +560,6 @@ def _per_call(count: int, fn: Callable[[], object]) -> list[float]:
         fn()
         seconds.append(time.perf_counter() - start)
     return seconds
-
-
-@contextlib.contextmanager
-def count_db_work(portal: Portal) -> Iterator[Counter[str]]:
-    """Statements sent and pool checkouts (each checkout also pings: pool_pre_ping) while inside."""
-    counts: Counter[str] = Counter()
-    engine = portal.db.engine
-
-    def on_statement(*_args: Any) -> None:
-        counts["statements"] += 1
-
-    def on_checkout(*_args: Any) -> None:
-        counts["checkouts"] += 1
-
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine.pool, "checkout", on_checkout)
-    try:
-        yield counts
-    finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine.pool, "checkout", on_checkout)
 
 
 def profile_decide(portal: Portal, probes: Sequence[Probe], token: tuple[str, str], out: Reporter) -> None:
@@ -606,7 +585,7 @@ def profile_decide(portal: Portal, probes: Sequence[Probe], token: tuple[str, st
     out.figure("decide_serial_per_s", calls / sum(plain))
 
     sample = probes[: min(200, calls)]
-    with count_db_work(portal) as counts:
+    with count_statements(portal.db.engine) as counts:
         for probe in sample:
             decide(probe)
     out.figure("decide_statements_per_call", counts["statements"] / len(sample))
@@ -619,9 +598,9 @@ def profile_decide(portal: Portal, probes: Sequence[Probe], token: tuple[str, st
     profiler = cProfile.Profile()
     profiler.runcall(decide_all)
     out.note(f"cProfile of {calls} direct ConsentService.decide calls, by own time:")
-    out.note(_pstats_table(profiler, "tottime", 25))
+    out.note(pstats_table(profiler, "tottime", 25))
     out.note("... and by cumulative time:")
-    out.note(_pstats_table(profiler, "cumulative", 30))
+    out.note(pstats_table(profiler, "cumulative", 30))
 
     # The parts of one decision request, one by one (medians over 1,000 calls).
     mrn, repeats = probes[0].mrn, 1_000
@@ -654,7 +633,7 @@ def profile_decide(portal: Portal, probes: Sequence[Probe], token: tuple[str, st
         seconds = _per_call(repeats, fn)
         out.figure(f"part.{name}_median_ms", ms(statistics.median(seconds)))
         out.figure(f"part.{name}_cpu_ms", ms((time.thread_time() - cpu_start) / repeats))
-    with count_db_work(portal) as counts:
+    with count_statements(portal.db.engine) as counts:
         for _ in range(100):
             portal.api.verify_access_token(token[1])
     out.figure("verify_access_token_statements_per_call", counts["statements"] / 100)
