@@ -40,7 +40,8 @@ def cli() -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--demo", is_flag=True, help="Seed a synthetic demo population (once) and print how to use it.")
 def run(host: str, port: int, demo: bool) -> None:
-    """Start the web portal (embedded mode: SQLite, in-process worker, generated keys)."""
+    """Start the web portal: embedded mode by default (SQLite, in-process worker, generated keys), or
+    PORTAL_WEB_PROCESSES web processes in the scaled mode (PostgreSQL and Redis)."""
     import uvicorn
 
     from portal.app import create_app
@@ -60,19 +61,23 @@ def run(host: str, port: int, demo: bool) -> None:
 
         for line in seed_demo(portal):
             click.echo(line)
-    app = create_app(settings, portal)
     click.echo(f"Portal running at {settings.origin}/ (listening on {host}:{port}); press Ctrl+C to stop.")
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        date_header=True,
-        proxy_headers=settings.is_production,
-        forwarded_allow_ips="127.0.0.1",
-    )
+    served: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+        "date_header": True,
+        "proxy_headers": settings.is_production,
+        "forwarded_allow_ips": "127.0.0.1",
+    }
+    if settings.web_processes == 1:
+        uvicorn.run(create_app(settings, portal), **served)
+        return
+    # Each web process builds its own app from the same PORTAL_* settings (engines do not cross a fork).
+    portal.close()
+    uvicorn.run("portal.app:create_app", factory=True, workers=settings.web_processes, **served)
 
 
 def _migrate_or_refuse(settings: Settings) -> None:

@@ -8,14 +8,16 @@ between, which would surface as random errors under load.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -28,6 +30,7 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+IDLE_PING_SECONDS = 5.0
 
 
 class Base(DeclarativeBase):
@@ -65,7 +68,33 @@ def create_db_engine(url: str | URL) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(parsed, pool_size=10, max_overflow=20)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Check a pooled connection before use when it sat idle, so a database restart costs no request.
+
+    A connection handed back moments ago is alive; pinging it on every checkout (``pool_pre_ping``)
+    would add a round trip to every request. Should one still have died, the error invalidates the
+    whole pool, so only the request that met it fails.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("returned_at", 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("the connection did not answer a ping")
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -98,6 +127,11 @@ class Database:
         self.engine = engine
         self._reader = sessionmaker(engine, expire_on_commit=False)
         self._writer = sessionmaker(engine.execution_options(portal_write=True), expire_on_commit=False)
+        # PostgreSQL answers a lone statement consistently without BEGIN and ROLLBACK round trips;
+        # SQLite keeps its deferred transaction (its autocommit mode would bypass the BEGIN hook).
+        self._lone = (
+            engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -118,6 +152,12 @@ class Database:
         """A session whose changes commit together at the end, or not at all."""
         with self._writer() as session, session.begin():
             yield session
+
+    @contextmanager
+    def lone_read(self) -> Iterator[Connection]:
+        """A connection for one read-only statement on a hot path: no ORM session, no transaction."""
+        with self._lone.connect() as conn:
+            yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

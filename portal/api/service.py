@@ -4,8 +4,9 @@ A privacy admin registers a client (name, scopes) and sees its secret once; only
 hash is kept. The client trades its credentials for a short access JWT (EdDSA, ≤ 10 minutes)
 and a refresh token. Refresh tokens rotate on every use; presenting one that was already used
 means two parties hold it, so its whole family is revoked (OAuth 2.0 Security BCP §4.14).
-Revoking a client takes effect on its next call: each access token is checked against the
-client's row, one primary-key read.
+Revoking a client takes effect on its next call in the web process that revoked it, and within
+a second in the others: each access token is checked against the client's row, which a process
+keeps for at most a second.
 
 Token times (iat, nbf, exp) are stamped from the injected clock; PyJWT checks them against
 the system clock, so tests move the service clock to mint tokens in the past or the future.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -32,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from portal.api.models import IntegrationClient, RefreshToken
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.db import Database, new_id, utcnow
+from portal.cache import TtlCache
+from portal.db import Database, after_commit, new_id, utcnow
 from portal.records.service import MRN_TYPE_CODE, BundleRejectedError, ImportProblem, ImportResult, RecordStore
 from portal.security.keystore import KeyStore
 from portal.security.ratelimit import Limit, LocalRateLimiter, RateLimiter
@@ -55,6 +58,8 @@ JWT_ALGORITHM = "EdDSA"
 JWT_TYPE = "at+jwt"
 SIGNING_KEY_NAME = "api-jwt"
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "scope", "iat", "nbf", "exp", "jti"]
+VERIFIED_TOKENS_KEPT = 10_000
+CLIENT_STATUS_SECONDS = 1.0
 NAME_MAX = 80
 SECRET_MAX = 256
 
@@ -145,6 +150,10 @@ class IntegrationService:
         self.clock = clock
         self.limits = limits or ApiRateLimits()
         self.api_limiter = LocalRateLimiter()
+        self.system_clock: Callable[[], float] = time.time
+        self._claims: dict[str, dict[str, Any]] = {}
+        # Revoking in this process forgets the client at once; other web processes re-read it within a second.
+        self._client_statuses: TtlCache[tuple[bool, frozenset[str]] | None] = TtlCache(CLIENT_STATUS_SECONDS)
 
     # ------------------------------------------------------------------ clients (privacy admin)
 
@@ -212,6 +221,7 @@ class IntegrationService:
             if not client.is_active:
                 raise ClientAlreadyRevokedError(f"{client.name} was already revoked")
             client.revoked_at = now
+            after_commit(session, lambda: self._client_statuses.forget(client_id))
             revoked = self._revoke_tokens(session, RefreshToken.client_id == client.id, now)
             self.ledger.append(
                 session,
@@ -434,6 +444,50 @@ class IntegrationService:
 
         Each call with a genuine token counts against its client's rate limit (TooManyRequestsError).
         """
+        claims = self._verified_claims(token)
+        client_id = str(claims["sub"])
+        status = self._client_statuses.get(client_id, lambda: self._read_client_status(client_id))
+        if status is None:
+            raise InvalidAccessTokenError("unknown client")
+        # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
+        self.api_limiter.check(self.api_limits(client_id))
+        if not status[0]:
+            self.ledger.record(
+                AuditEvent(
+                    action="api.token.refused",
+                    actor=actor_of(client_id),
+                    role="integration",
+                    object=f"api-client:{client_id}",
+                    outcome="failure",
+                    details={"reason": "client revoked"},
+                )
+            )
+            raise InvalidAccessTokenError("client revoked")
+        return _principal(claims, status[1])
+
+    def verify_known_access_token(self, token: str) -> Principal | None:
+        """``verify_access_token`` for a token and an active client seen moments ago, without touching the
+        database (so the caller need not leave its event loop); None when it would need the database."""
+        claims = self._claims.get(token)
+        if claims is None or not self._unexpired(claims):
+            return None
+        status = self._client_statuses.fresh(str(claims["sub"]))
+        if status is None or status[0] is None or not status[0][0]:
+            return None
+        self.api_limiter.check(self.api_limits(str(claims["sub"])))
+        return _principal(claims, status[0][1])
+
+    def _verified_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a genuine access token that has not expired.
+
+        A client sends the same token for up to ten minutes, so its signature and claims are checked
+        once and remembered until it expires; the expiry itself is checked on every call.
+        """
+        known = self._claims.get(token)
+        if known is not None:
+            if not self._unexpired(known):
+                raise InvalidAccessTokenError("ExpiredSignatureError")
+            return known
         try:
             decoded = jwt.decode_complete(
                 token,
@@ -449,26 +503,23 @@ class IntegrationService:
         if decoded["header"].get("typ") != JWT_TYPE:
             raise InvalidAccessTokenError("wrong token type")
         claims: dict[str, Any] = decoded["payload"]
-        client = self._client(claims["sub"]) if _is_client_id(claims["sub"]) else None
-        if client is None:
-            raise InvalidAccessTokenError("unknown client")
-        # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
-        self.api_limiter.check(self.api_limits(client.id))
-        if not client.is_active:
-            self.ledger.record(
-                AuditEvent(
-                    action="api.token.refused",
-                    actor=actor_of(client.id),
-                    role="integration",
-                    object=f"api-client:{client.id}",
-                    outcome="failure",
-                    details={"reason": "client revoked"},
-                )
-            )
-            raise InvalidAccessTokenError("client revoked")
-        # The client's current scopes bound the token's, should they ever be narrowed.
-        scopes = frozenset(str(claims["scope"]).split()) & client.scope_set
-        return Principal(kind="integration", subject_id=client.id, roles=scopes, session_handle=str(claims["jti"]))
+        if len(self._claims) >= VERIFIED_TOKENS_KEPT:
+            self._claims.clear()  # a flood of distinct tokens costs their checks, never unbounded memory
+        self._claims[token] = claims
+        return claims
+
+    def _unexpired(self, claims: Mapping[str, Any]) -> bool:
+        # As PyJWT judges "exp", with the same leeway, against the system clock (not the stamping clock).
+        return self.system_clock() < float(claims["exp"]) + CLOCK_LEEWAY_SECONDS
+
+    def _read_client_status(self, client_id: str) -> tuple[bool, frozenset[str]] | None:
+        """(active, scopes) of a client; None for no such client."""
+        if not _is_client_id(client_id):
+            return None
+        query = select(IntegrationClient.revoked_at, IntegrationClient.scopes).where(IntegrationClient.id == client_id)
+        with self.db.lone_read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (row.revoked_at is None, frozenset(row.scopes.split()))
 
     # ------------------------------------------------------------------ rate limits
 
@@ -551,6 +602,12 @@ def _patient_entries(bundle: Mapping[str, Any]) -> list[tuple[int, Mapping[str, 
         and isinstance(entry.get("resource"), Mapping)
         and entry["resource"].get("resourceType") == "Patient"
     ]
+
+
+def _principal(claims: Mapping[str, Any], client_scopes: frozenset[str]) -> Principal:
+    # The client's current scopes bound the token's, should they ever be narrowed.
+    scopes = frozenset(str(claims["scope"]).split()) & client_scopes
+    return Principal(kind="integration", subject_id=str(claims["sub"]), roles=scopes, session_handle=str(claims["jti"]))
 
 
 def _verify_secret(stored: str, secret: str) -> bool:

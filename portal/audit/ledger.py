@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, select
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -154,20 +154,26 @@ class Ledger:
             head = LedgerHead(id=1, size=0, last_leaf=GENESIS)
             session.add(head)
         now = self.clock()
-        seqs: list[int] = []
+        rows: list[dict[str, Any]] = []
         prev = head.last_leaf
-        for event in events:
-            seq = head.size + len(seqs)
+        for seq, event in enumerate(events, start=head.size):
             entry = encode_entry(seq, now, prev, event)
-            leaf = merkle.leaf_hash(entry)
-            session.add(
-                LedgerEntry(
-                    seq=seq, entry=entry, leaf_hash=leaf, subject=event.subject, action=event.action, created_at=now
-                )
+            prev = merkle.leaf_hash(entry)
+            rows.append(
+                {
+                    "seq": seq,
+                    "entry": entry,
+                    "leaf_hash": prev,
+                    "subject": event.subject,
+                    "action": event.action,
+                    "created_at": now,
+                }
             )
-            seqs.append(seq)
-            prev = leaf
-        head.size += len(seqs)
+        if rows:
+            # One multi-row INSERT rather than an ORM object per entry: ingest appends thousands at once.
+            session.execute(insert(LedgerEntry), rows)
+        seqs = list(range(head.size, head.size + len(rows)))
+        head.size += len(rows)
         head.last_leaf = prev
         return seqs
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import nh3
 from markdown_it import MarkdownIt
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,7 @@ from portal.consent.fhir import consent_resource
 from portal.consent.models import ConsentDecision, ConsentEvent, ConsentPurpose, NoticeVersion
 from portal.consent.receipts import ReceiptFacts, build_receipt, sign_receipt
 from portal.db import Database, new_id, utcnow
-from portal.records.models import CategoryRestriction
+from portal.records.models import CategoryRestriction, PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.keystore import KeyStore
 
@@ -521,28 +521,16 @@ class ConsentService:
         found, current = cached
         if recipient is not None and recipient not in found.recipient_list:
             raise DecisionInputError("recipient", f"{recipient!r} is not a recipient named by this purpose")
-        patient_id = self._find_patient(patient)
-        if patient_id is None:
+        facts = self._decision_facts(patient, found)
+        if facts is None:
             raise DecisionInputError("patient", "no patient has that identifier")
-        with self.db.read() as session:
-            row = session.execute(
-                select(ConsentDecision, NoticeVersion)
-                .join(NoticeVersion, NoticeVersion.id == ConsentDecision.notice_version_id)
-                .where(ConsentDecision.patient_id == patient_id, ConsentDecision.purpose_code == purpose)
-            ).first()
-            restricted = sorted(
-                session.scalars(
-                    select(CategoryRestriction.category).where(
-                        CategoryRestriction.patient_id == patient_id,
-                        CategoryRestriction.category.in_(found.category_list),
-                    )
-                )
-            )
-        decision, seen = (row[0], row[1]) if row is not None else (None, None)
+        patient_id, state, seen_version, restrictions = facts
+        reference = consent_id(patient_id, purpose)
+        restricted = self._restricted_categories(patient_id, found) if restrictions else []
         result = (
-            _restricted(found, restricted, consent_id(patient_id, purpose))
+            _restricted(found, restricted, reference)
             if restricted
-            else _decision(found, decision, seen, current, consent_id(patient_id, purpose))
+            else _decision(found, state, seen_version, current, reference)
         )
         self.ledger.record_grouped(
             AuditEvent(
@@ -564,11 +552,27 @@ class ConsentService:
                 return None
             return found, self.current_notice(session, code)
 
-    def _find_patient(self, identifier: str) -> str | None:
-        system, sep, value = identifier.rpartition("|")
-        if sep:
-            return self.records.find_by_identifier(system, value)
-        return self.records.find_by_mrn(identifier)
+    def _decision_facts(self, patient: str, purpose: ConsentPurpose) -> tuple[str, str | None, int | None, int] | None:
+        """(patient id, choice, notice version it was made under, restricted categories) in one statement.
+
+        None when no patient has the identifier ("system|value", or else an MRN)."""
+        system, sep, value = patient.rpartition("|")
+        index = self.records.identifier_index(system, value) if sep else self.records.mrn_index(patient)
+        params = {"index": index, "purpose": purpose.code, "categories": purpose.category_list}
+        with self.db.lone_read() as conn:
+            row = conn.execute(_DECISION_FACTS, params).first()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def _restricted_categories(self, patient_id: str, purpose: ConsentPurpose) -> list[str]:
+        with self.db.read() as session:
+            return sorted(
+                session.scalars(
+                    select(CategoryRestriction.category).where(
+                        CategoryRestriction.patient_id == patient_id,
+                        CategoryRestriction.category.in_(purpose.category_list),
+                    )
+                )
+            )
 
     # ================================================================== staff report
 
@@ -596,6 +600,34 @@ class ConsentService:
                     }
                 )
         return report
+
+
+def _decision_facts_statement() -> Select[str, str | None, int | None, int]:
+    # Built once: the decision API runs it on every call, and building it costs more than running it.
+    restrictions = (
+        select(func.count())
+        .select_from(CategoryRestriction)
+        .where(
+            CategoryRestriction.patient_id == PatientIdentifier.patient_id,
+            CategoryRestriction.category.in_(bindparam("categories", expanding=True)),
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(PatientIdentifier.patient_id, ConsentDecision.state, NoticeVersion.version, restrictions)
+        .outerjoin(
+            ConsentDecision,
+            and_(
+                ConsentDecision.patient_id == PatientIdentifier.patient_id,
+                ConsentDecision.purpose_code == bindparam("purpose"),
+            ),
+        )
+        .outerjoin(NoticeVersion, NoticeVersion.id == ConsentDecision.notice_version_id)
+        .where(PatientIdentifier.index == bindparam("index"))
+    )
+
+
+_DECISION_FACTS = _decision_facts_statement()
 
 
 def consent_id(patient_id: str, code: str) -> str:
@@ -635,20 +667,16 @@ def _restricted(purpose: ConsentPurpose, categories: list[str], consent: str) ->
 
 
 def _decision(
-    purpose: ConsentPurpose,
-    decision: ConsentDecision | None,
-    seen: NoticeVersion | None,
-    current: NoticeVersion,
-    consent: str,
+    purpose: ConsentPurpose, state: str | None, version: int | None, current: NoticeVersion, consent: str
 ) -> Decision:
+    """The answer from the patient's recorded choice (``state`` None: never chosen) and its notice version."""
     reference = f"Consent/{consent}"
-    if decision is None:
+    if state is None:
         if purpose.mode == "opt-out":
             return Decision("permit", "opt-out purpose: the patient has not objected", reference, purpose.code, None)
         return Decision("deny", "opt-in purpose: the patient has not consented", reference, purpose.code, None)
-    version = seen.version if seen else None
     later = f"; notice version {current.version} is newer and awaits the patient" if version != current.version else ""
-    if decision.state == "granted":
+    if state == "granted":
         return Decision(
             "permit", f"the patient consented under notice version {version}{later}", reference, purpose.code, version
         )

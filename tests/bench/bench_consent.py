@@ -62,6 +62,7 @@ from portal.container import Portal, build_portal
 from portal.records.models import Patient, PatientIdentifier
 from portal.security.ratelimit import Limit
 from portal.settings import Settings
+from tests.bench import _wrk
 from tests.bench._common import (
     Reporter,
     count_statements,
@@ -550,6 +551,49 @@ def report_phase(out: Reporter, result: PhaseResult, unit: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class WrkPhase:
+    result: _wrk.WrkResult
+    cpu: CpuSnapshot
+
+
+def run_wrk_phase(
+    server: LiveServer, calls: Sequence[Call], args: argparse.Namespace, cpu: Callable[[], CpuSnapshot]
+) -> WrkPhase:
+    """The same decision calls driven by wrk, whose few microseconds per request leave the cores to the server."""
+    pairs = [(call.path, call.token or "") for call in calls]
+    _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=2)  # warm-up
+    before = cpu()
+    result = _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=args.wrk_seconds)
+    return WrkPhase(result, cpu().since(before))
+
+
+def report_wrk(out: Reporter, phase: WrkPhase) -> None:
+    result, cpu = phase.result, phase.cpu
+    out.note(
+        f"wrk (C), {_wrk.WRK_THREADS} threads, keep-alive, closed loop; it checks status codes only "
+        "(the httpx phase above checks every decision)"
+    )
+    out.figure("requests", result.requests)
+    out.figure("decisions_per_s", result.per_second)
+    out.figure("seconds", result.seconds)
+    out.figure("p50_ms", result.p50_ms)
+    out.figure("p99_ms", result.p99_ms)
+    out.figure("max_ms", result.max_ms)
+    out.figure("errors", result.errors)
+    ok = result.requests - result.errors
+    if ok:
+        out.figure("server_cpu_ms_per_request", cpu.server * 1e3 / ok)
+        if not math.isnan(cpu.postgres):
+            out.figure("postgres_cpu_ms_per_request", cpu.postgres * 1e3 / ok)
+        out.figure("loadgen_cpu_ms_per_request", result.cpu_seconds * 1e3 / ok)
+        out.figure("server_cpu_cores_used", cpu.server / result.seconds)
+        out.figure("machine_cpu_busy_pct", 100 * cpu.machine_busy / cpu.machine_total if cpu.machine_total else 0.0)
+    out.figure("goal_throughput", goal(result.per_second >= GOAL_DECISIONS_PER_S))
+    out.figure("goal_p99", goal(result.p99_ms <= GOAL_P99_MS))
+    out.figure("goal_no_errors", goal(result.errors == 0))
+
+
 # ----------------------------------------------------------------------------- 5. profile
 
 
@@ -650,6 +694,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1_000, help="warm-up requests per phase (not measured)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--time-limit", type=float, default=60.0, help="hard limit of the measured decision phase (s)")
+    parser.add_argument(
+        "--wrk-seconds", type=float, default=20.0, help="length of the wrk phase (0: none; needs the wrk package)"
+    )
     parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--profile-calls", type=int, default=2_000, help="direct decide() calls to profile; 0: none")
     parser.add_argument("--sqlite", action="store_true", help="SQLite files instead of a throwaway PostgreSQL")
@@ -780,6 +827,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "vs_healthz_server_cpu_per_request",
                 (decided.cpu.server / decided.ok) / (measured_health.cpu.server / measured_health.ok),
             )
+
+        if args.wrk_seconds > 0 and _wrk.available():
+            loaded = run_wrk_phase(server, decision_calls(probes, tokens), args, snapshot)
+            report_wrk(Reporter("consent_wrk"), loaded)
+        elif args.wrk_seconds > 0:
+            out.note("wrk is not installed (apt-get install wrk): no phase with a C load generator")
 
         one_calls = decision_calls(one_probes, [single[1]])
         warm, alone = run_phase(

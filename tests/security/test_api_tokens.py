@@ -91,6 +91,30 @@ def test_not_yet_valid_access_token_is_refused(client: TestClient[Litestar], por
     _assert_refused(post_records(client, access_token(client, client_id, secret)))
 
 
+def test_a_token_already_verified_is_refused_once_it_expires(
+    client: TestClient[Litestar], portal: Portal, issued: tuple[str, str, str]
+) -> None:
+    """ASVS 9.2.1: a token's signature is checked once, but its expiry on every call."""
+    _client_id, _secret, token = issued
+    expiry = float(_claims(token)["exp"])
+    portal.api.system_clock = lambda: expiry + 29  # within the 30 s leeway
+    assert is_authenticated(post_records(client, token))
+    portal.api.system_clock = lambda: expiry + 31
+    _assert_refused(post_records(client, token))
+
+
+def test_revocation_in_another_process_applies_within_a_second(
+    client: TestClient[Litestar], portal: Portal, issued: tuple[str, str, str]
+) -> None:
+    """ASVS 10.4.9: a client revoked by another web process (here: straight in the database) is refused
+    once this process's one-second view of it has lapsed."""
+    client_id, _secret, token = issued
+    with portal.db.write() as session:
+        session.execute(update(IntegrationClient).where(IntegrationClient.id == client_id).values(revoked_at=utcnow()))
+    portal.api._client_statuses.clear()  # what one second does
+    _assert_refused(post_records(client, token))
+
+
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat", "aud", "iss", "sub", "scope", "jti"])
 def test_token_missing_a_required_claim_is_refused(
     client: TestClient[Litestar], portal: Portal, issued: tuple[str, str, str], claim: str

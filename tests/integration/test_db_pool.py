@@ -1,0 +1,54 @@
+"""Pooled PostgreSQL connections after the server dropped them (a restart, a failover, an idle timeout)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from portal import db as portal_db
+from portal.container import Portal
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def backend() -> str:
+    return "pg"
+
+
+def _drop_every_pooled_connection(portal: Portal) -> None:
+    """What a server restart does to the pool: the server ends every backend of this database."""
+    url = portal.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as outsider:
+        outsider.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def _warm_pool(portal: Portal) -> None:
+    for _ in range(3):
+        assert portal.ledger.size() >= 0
+
+
+def test_an_idle_connection_is_checked_before_use_so_no_request_fails(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _warm_pool(portal)
+    _drop_every_pooled_connection(portal)
+    monkeypatch.setattr(portal_db, "IDLE_PING_SECONDS", 0.0)  # every pooled connection counts as idle
+    with portal.db.lone_read() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    assert portal.ledger.size() >= 0
+
+
+def test_a_connection_used_moments_ago_fails_one_request_and_the_pool_recovers(portal: Portal) -> None:
+    _warm_pool(portal)
+    _drop_every_pooled_connection(portal)
+    with pytest.raises(OperationalError), portal.db.lone_read() as conn:
+        conn.execute(text("SELECT 1"))
+    for _ in range(3):  # the error invalidated the whole pool: every later checkout connects afresh
+        with portal.db.lone_read() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1

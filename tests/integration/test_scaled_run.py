@@ -1,0 +1,72 @@
+"""``portal run`` in the scaled mode starts PORTAL_WEB_PROCESSES web processes, each with its own app."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _process_settings, _wait
+from tests.support.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.pg
+
+WEB_PROCESSES = 2
+
+
+def _web_processes(pid: int) -> list[int]:
+    """The children that uvicorn spawned to serve (not, say, multiprocessing's resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(child) for child in path.read_text().split()] if path.exists() else []
+    return [child for child in children if b"spawn_main" in _cmdline(child)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, headers={"host": "portal.test"}, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_run_serves_from_the_configured_number_of_web_processes(
+    tmp_path: Path, pg_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    name = f"scaled_{os.urandom(5).hex()}"
+    settings = _process_settings(
+        tmp_path,
+        database_url=pg_server.create_database(name),
+        keystore_url=pg_server.create_database(f"{name}_keys"),
+        broker_url=redis_server.url,
+    )
+    env = {**_child_env(settings), "PORTAL_WEB_PROCESSES": str(WEB_PROCESSES)}
+    port = _free_port()
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "portal", "run", "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/readyz"
+        _wait("the portal to answer", lambda: process.poll() is None and _answers(url), 60)
+        _wait(f"{WEB_PROCESSES} web processes", lambda: len(_web_processes(process.pid)) == WEB_PROCESSES, 30)
+        assert all(_answers(url) for _ in range(20))
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
