@@ -1,0 +1,49 @@
+"""The time-to-live cache behind consent purposes and API clients' status."""
+
+from __future__ import annotations
+
+from portal.cache import TtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_value_is_loaded_once_while_fresh_and_again_once_stale() -> None:
+    clock, loads = Clock(), []
+    cache: TtlCache[int] = TtlCache(1.0, clock)
+
+    def load() -> int:
+        loads.append(clock.now)
+        return len(loads)
+
+    assert cache.get("k", load) == 1
+    clock.now = 100.75
+    assert cache.get("k", load) == 1
+    clock.now = 101.25
+    assert cache.get("k", load) == 2
+    assert loads == [100.0, 101.25]
+
+
+def test_fresh_tells_a_cached_none_from_a_missing_or_stale_entry() -> None:
+    clock = Clock()
+    cache: TtlCache[int | None] = TtlCache(1.0, clock)
+    assert cache.fresh("unknown") is None
+    cache.get("unknown", lambda: None)
+    assert cache.fresh("unknown") == (None,)
+    clock.now += 1.0
+    assert cache.fresh("unknown") is None
+
+
+def test_forget_drops_one_entry_only() -> None:
+    cache: TtlCache[str] = TtlCache(60.0, Clock())
+    cache.get("a", lambda: "A")
+    cache.get("b", lambda: "B")
+    cache.forget("a")
+    cache.forget("never cached")
+    assert cache.fresh("a") is None
+    assert cache.fresh("b") == ("B",)
