@@ -2,7 +2,8 @@
 
 Supported patterns: PatientRead, Query, Create, Update, Delete and PrivacyDisclosure. A line that
 is not valid FHIR, or lacks what a patient needs to understand the access, is refused with the
-reason; nothing is guessed.
+reason; nothing is guessed. Every line is validated as an R4B AuditEvent: by the compiled check
+of portal.access.fhir_check when it passes the line (most do, ~20x faster), else by fhir.resources.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pydantic
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from portal.access.fhir_check import audit_event_passes
 from portal.records.categories import category_for
 
 RESTFUL = {
@@ -69,12 +71,8 @@ _FIELD_NAMES = tuple(f.name for f in fields(AccessFacts))
 def parse_audit_event(resource: dict[str, Any]) -> AccessFacts:
     if not isinstance(resource, dict) or resource.get("resourceType") != "AuditEvent":
         raise BalpError("not a FHIR AuditEvent")
-    try:
-        AuditEvent.model_validate(resource)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(resource)"
-        raise BalpError(f"invalid AuditEvent: {where}: {first['msg']}") from None
+    if not audit_event_passes(resource):
+        _validate_with_fhir_resources(resource)
     event_id = resource.get("id")
     if not event_id:
         raise BalpError("the AuditEvent needs an id (it makes sending it twice harmless)")
@@ -99,6 +97,19 @@ def parse_audit_event(resource: dict[str, Any]) -> AccessFacts:
         recipient=_recipient(resource),
         patient_identifier=_patient_identifier(resource),
     )
+
+
+def _validate_with_fhir_resources(resource: dict[str, Any]) -> None:
+    """The full R4B validation, for what the compiled check did not pass: it decides, and says why."""
+    try:
+        AuditEvent.model_validate(resource)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(resource)"
+        raise BalpError(f"invalid AuditEvent: {where}: {first['msg']}") from None
+    except (KeyError, TypeError) as exc:
+        # fhir.resources fails this way on a contained resource of an unknown type: still just a bad line.
+        raise BalpError(f"invalid AuditEvent: unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def _codes(concepts: list[dict[str, Any]]) -> list[str]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.db import Base, UTCDateTime, new_id, utcnow
@@ -17,7 +17,20 @@ class AccessEvent(Base):
     __tablename__ = "access_events"
     __table_args__ = (
         Index("ix_access_events_patient_time", "patient_id", "occurred_at"),
-        Index("ix_access_events_patient_org", "patient_id", "org_index"),
+        # The weekly chart (GROUP BY organisation and week) and its total, read from the index alone, with
+        # or without the filters on clear columns other than time and role (a period is found through
+        # patient_time). Rows with equal keys share one entry (PostgreSQL deduplication), so time is left
+        # out to keep it small. Also serves the organisation filter and the organisations' list.
+        Index(
+            "ix_access_events_chart",
+            "patient_id",
+            "org_index",
+            "week",
+            "emergency",
+            "agent_kind",
+            "action",
+            "purpose",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -25,6 +38,8 @@ class AccessEvent(Base):
     # Blind index of (sender, event id): the same event sent twice is stored once.
     source_key: Mapped[str] = mapped_column(String(64), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The Monday (UTC) of occurred_at's ISO week, so the database can count accesses per week.
+    week: Mapped[date] = mapped_column(Date)
     action: Mapped[str] = mapped_column(String(12))  # read | query | create | update | delete | disclose
     purpose: Mapped[str] = mapped_column(String(20))  # HL7 v3 ActReason code
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -35,6 +50,12 @@ class AccessEvent(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def week_of(when: datetime) -> date:
+    """The Monday of the ISO week (in UTC) that ``when`` falls in: what ``AccessEvent.week`` holds."""
+    day = when.astimezone(UTC).date()
+    return day - timedelta(days=day.weekday())
 
 
 class AccessCase(Base):

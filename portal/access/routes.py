@@ -14,7 +14,7 @@ from litestar.params import FromQuery
 from litestar.response import Template
 
 from portal.access.chart import weekly_chart
-from portal.access.service import ACTIONS, PURPOSE_WORDS, TimelineFilter
+from portal.access.service import ACTIONS, PAGE_SIZE, PURPOSE_WORDS, TimelineFilter
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
 from portal.web.deps import PortalDep, patient_id_of
@@ -56,31 +56,28 @@ def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int]
     patient_id = patient_id_of(request, portal)
     params = _params(request)
     flt = _filter(params)
-    entries, total = portal.access.timeline(patient_id, flt, page=max(page, 1))
-    context = {
-        "active": "access",
-        "entries": entries,
-        "total": total,
-        "page": max(page, 1),
-        "params": params,
-        "query": _query(params),
-        "page_size": 25,
-    }
-    if request.headers.get("hx-request") == "true":  # htmx only ever asks /access for the next page
-        return Template(template_name="partials/access_rows.html", context=context)
-    names = portal.access.organisation_names(patient_id)
-    weeks, series = portal.access.weekly_by_organisation(patient_id, flt, names)
+    page = max(page, 1)
+    context = {"active": "access", "page": page, "params": params, "query": _query(params), "page_size": PAGE_SIZE}
+    if request.headers.get("hx-request") == "true":  # htmx only ever asks /access for the next page: no chart
+        entries, total = portal.access.timeline(patient_id, flt, page=page)
+        return Template(
+            template_name="partials/access_rows.html", context={**context, "entries": entries, "total": total}
+        )
+    overview = portal.access.overview(patient_id, flt, page=page)
     return Template(
         template_name="patient/access.html",
         context={
             **context,
-            "weeks": weeks,
-            "series": series,
-            "chart": weekly_chart(weeks, series),
-            "organisations": portal.access.organisations(patient_id, names),
+            "entries": overview.entries,
+            "total": overview.total,
+            "weeks": overview.weeks,
+            "series": overview.series,
+            "table": overview.table,
+            "chart": weekly_chart(overview.weeks, overview.series),
+            "organisations": overview.organisations,
             "actions": ACTIONS,
             "purposes": PURPOSE_WORDS,
-            "alerts": portal.access.alerts(patient_id),
+            "alerts": overview.alerts,
         },
     )
 

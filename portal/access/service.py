@@ -13,19 +13,26 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import String, Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from portal.access.balp import AccessFacts, BalpError, parse_audit_event
-from portal.access.models import AccessCase, AccessEvent, AlertPreference, CaseMessage, DisclosureAccounting
+from portal.access.models import (
+    AccessCase,
+    AccessEvent,
+    AlertPreference,
+    CaseMessage,
+    DisclosureAccounting,
+    week_of,
+)
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
 from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
-from portal.security.keystore import KeyDestroyedError, KeyStore
+from portal.security.keystore import ActiveKey, KeyDestroyedError, KeyStore
 
 MAX_BATCH = 10_000
 ACCOUNTING_YEARS = 6
@@ -37,6 +44,7 @@ class AlertSender(Protocol):
 
 
 CATEGORY = "access_log"
+ACCESS_EVENTS = cast(Table, AccessEvent.__table__)  # inserts through Core skip the ORM's bulk-insert step
 PAGE_SIZE = 25
 ACTIONS = ("read", "query", "create", "update", "delete", "disclose")
 
@@ -188,83 +196,109 @@ class AccessLog:
     def _store(self, parsed: list[tuple[int, AccessFacts, str, str]], sender: str, result: IngestResult) -> None:
         if not parsed:
             return
+        batch_patients = {patient_id for _i, _f, patient_id, _k in parsed}
+        # Per batch, not per event: each patient's key, and each organisation's and role's blind index.
+        keys = {patient_id: self.keys.data_key(patient_id, CATEGORY, create=True) for patient_id in batch_patients}
+        org_index, role_index = functools.cache(self._org_index), functools.cache(self._role_index)
         with self.db.write() as session:
             known = set(
                 session.scalars(
                     select(AccessEvent.source_key).where(AccessEvent.source_key.in_([key for *_rest, key in parsed]))
                 )
             )
-            events: list[AuditEvent] = []
-            seen: set[str] = set()
-            batch_patients = {patient_id for _i, _f, patient_id, _k in parsed}
-            orgs_seen = self._known_organisations(session, batch_patients)
             preferences = {
                 p.patient_id: p
                 for p in session.scalars(select(AlertPreference).where(AlertPreference.patient_id.in_(batch_patients)))
             }
+            orgs_seen = self._known_organisations(
+                session,
+                {p.patient_id for p in preferences.values() if p.new_organisation},
+                {org_index(facts.organisation) for _i, facts, _p, _k in parsed},
+            )
+            rows: list[dict[str, Any]] = []
+            events: list[AuditEvent] = []
+            seen: set[str] = set()
             for index, facts, patient_id, key in parsed:
                 if key in known or key in seen:
                     result.lines.append(LineResult(index, "duplicate", "already recorded"))
                     continue
                 seen.add(key)
                 as_dict = facts.as_dict()
-                row_id = self._add(session, patient_id, key, facts, origin="api", as_dict=as_dict)
-                org = (patient_id, self._org_index(facts.organisation))
-                self._alerts_for(session, preferences.get(patient_id), facts, row_id, new_org=org not in orgs_seen)
+                row = self._row(
+                    patient_id,
+                    key,
+                    facts,
+                    origin="api",
+                    as_dict=as_dict,
+                    key=keys[patient_id],
+                    org_index=org_index(facts.organisation),
+                    role_index=role_index(facts.role),
+                )
+                rows.append(row)
+                org = (patient_id, row["org_index"])
+                self._alerts_for(session, preferences.get(patient_id), facts, row["id"], new_org=org not in orgs_seen)
                 orgs_seen.add(org)
-                result.lines.append(LineResult(index, "accepted", id=row_id))
+                result.lines.append(LineResult(index, "accepted", id=row["id"]))
                 events.append(
                     AuditEvent(
                         action="access.recorded",
                         actor=sender,
                         role="integration",
                         subject=patient_id,
-                        object=f"access-event:{row_id}",
+                        object=f"access-event:{row['id']}",
                         purpose=facts.purpose,
                         details={"action": facts.action, "emergency": facts.emergency},
                         payload=as_dict,
                     )
                 )
+            if rows:
+                # One executemany, no ORM objects: batches hold thousands.
+                session.execute(insert(ACCESS_EVENTS), rows)
             self.ledger.append_many(session, events)
 
-    def _known_organisations(self, session: Session, patients: set[str]) -> set[tuple[str, str]]:
+    def _known_organisations(self, session: Session, patients: set[str], orgs: set[str]) -> set[tuple[str, str]]:
+        """Which of these organisations already accessed each of these patients' records (for alerts)."""
+        if not patients:
+            return set()
         rows = session.execute(
-            select(AccessEvent.patient_id, AccessEvent.org_index).distinct().where(AccessEvent.patient_id.in_(patients))
+            select(AccessEvent.patient_id, AccessEvent.org_index)
+            .distinct()
+            .where(AccessEvent.patient_id.in_(patients), AccessEvent.org_index.in_(orgs))
         ).all()
         return {(patient_id, org) for patient_id, org in rows}
 
-    def _add(
+    def _row(
         self,
-        session: Session,
         patient_id: str,
         source_key: str,
         facts: AccessFacts,
         *,
         origin: str,
-        as_dict: dict[str, Any] | None = None,
-    ) -> str:
+        as_dict: dict[str, Any],
+        key: ActiveKey,
+        org_index: str,
+        role_index: str,
+    ) -> dict[str, Any]:
+        """An access_events row, its details encrypted under ``key`` (the patient's current access-log key)."""
         row_id = new_id()
-        everything = as_dict if as_dict is not None else facts.as_dict()
-        details = {k: v for k, v in everything.items() if k not in {"patient_identifier", "occurred_at"}}
-        version, body = self.seal(patient_id, "access_events", row_id, json.dumps(details).encode())
-        session.add(
-            AccessEvent(
-                id=row_id,
-                patient_id=patient_id,
-                source_key=source_key,
-                occurred_at=facts.occurred_at,
-                action=facts.action,
-                purpose=facts.purpose,
-                emergency=facts.emergency,
-                agent_kind=facts.agent_kind,
-                origin=origin,
-                org_index=self._org_index(facts.organisation),
-                role_index=self._role_index(facts.role),
-                key_version=version,
-                body=body,
-            )
-        )
-        return row_id
+        details = {k: v for k, v in as_dict.items() if k not in {"patient_identifier", "occurred_at"}}
+        return {
+            "id": row_id,
+            "patient_id": patient_id,
+            "source_key": source_key,
+            "occurred_at": facts.occurred_at,
+            "week": week_of(facts.occurred_at),
+            "action": facts.action,
+            "purpose": facts.purpose,
+            "emergency": facts.emergency,
+            "agent_kind": facts.agent_kind,
+            "origin": origin,
+            "org_index": org_index,
+            "role_index": role_index,
+            "key_version": key.version,
+            "body": _encrypt(key, patient_id, "access_events", row_id, json.dumps(details).encode()),
+            "created_at": utcnow(),
+        }
 
     def _source_key(self, sender: str, event_id: str) -> str:
         return self.records.blind("access-source", f"{sender}|{event_id}")
@@ -302,12 +336,6 @@ class AccessLog:
                     subject=patient_id,
                     details={"emergency": emergency, "new_organisation": new_organisation},
                 ),
-            )
-
-    def alerts(self, patient_id: str) -> AlertPreference:
-        with self.db.read() as session:
-            return session.get(AlertPreference, patient_id) or AlertPreference(
-                patient_id=patient_id, emergency=False, new_organisation=False
             )
 
     # ================================================================== accounting of disclosures
@@ -405,23 +433,47 @@ class AccessLog:
             recipient=None,
             patient_identifier=("", ""),
         )
-        self._add(session, patient_id, self._source_key("portal", facts.event_id), facts, origin="portal")
+        row = self._row(
+            patient_id,
+            self._source_key("portal", facts.event_id),
+            facts,
+            origin="portal",
+            as_dict=facts.as_dict(),
+            key=self.keys.data_key(patient_id, CATEGORY, create=True),
+            org_index=self._org_index(facts.organisation),
+            role_index=self._role_index(facts.role),
+        )
+        session.execute(insert(ACCESS_EVENTS), [row])
 
     # ================================================================== the patient's timeline
 
     def timeline(
         self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
     ) -> tuple[list[TimelineEntry], int]:
-        """One page of accesses, newest first, and the total that match."""
-        query = self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
+        """One page of accesses, newest first, and the total that match (the "older accesses" partial)."""
+        counted = select(func.count()).select_from(AccessEvent).where(AccessEvent.patient_id == patient_id)
         with self.db.read() as session:
-            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = session.scalars(
-                query.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)
-                .limit(page_size)
-                .offset((max(page, 1) - 1) * page_size)
-            ).all()
+            total = session.scalar(self._filtered(counted, flt)) or 0
+            rows = session.scalars(_page_of(self._mine(patient_id, flt), page, page_size)).all()
         return [self.entry(row) for row in rows], int(total)
+
+    def overview(self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE) -> Overview:
+        """Everything the access page shows, read in one session: a page of accesses, the weekly chart (whose
+        counts add up to the total, so nothing is counted twice), the organisations and the alert choices."""
+        with self.db.read() as session:
+            rows = session.scalars(_page_of(self._mine(patient_id, flt), page, page_size)).all()
+            counts = self._weekly_counts(session, patient_id, flt)
+            names = self._names(session, patient_id)
+            alerts = session.get(AlertPreference, patient_id)
+        weeks, series = _weekly_series(counts, names)
+        return Overview(
+            entries=[self.entry(row) for row in rows],
+            total=sum(count for _org, _week, count in counts),
+            weeks=weeks,
+            series=series,
+            organisations=_known_names(names),
+            alerts=alerts or _no_alerts(patient_id),
+        )
 
     def own_entry(self, patient_id: str, event_id: str) -> TimelineEntry | None:
         """One access of this patient's; another patient's is indistinguishable from a missing one."""
@@ -430,10 +482,13 @@ class AccessLog:
         return self.entry(row) if row is not None and row.patient_id == patient_id else None
 
     def all_entries(self, patient_id: str, flt: TimelineFilter) -> list[TimelineEntry]:
-        query = self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
+        query = self._mine(patient_id, flt).order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)
         with self.db.read() as session:
-            rows = session.scalars(query.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)).all()
+            rows = session.scalars(query).all()
         return [self.entry(row) for row in rows]
+
+    def _mine(self, patient_id: str, flt: TimelineFilter) -> Any:
+        return self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
 
     def _filtered(self, query: Any, flt: TimelineFilter) -> Any:
         if flt.start is not None:
@@ -457,7 +512,7 @@ class AccessLog:
     def seal(self, patient_id: str, table: str, row_id: str, plaintext: bytes) -> tuple[int, bytes]:
         """Encrypt under the patient's access-log key (bound to table and row); returns (key version, blob)."""
         key = self.keys.data_key(patient_id, CATEGORY, create=True)
-        return key.version, encrypt_field(key.dek, plaintext, _context(patient_id, table, row_id, key.version))
+        return key.version, _encrypt(key, patient_id, table, row_id, plaintext)
 
     def open(self, patient_id: str, table: str, row_id: str, version: int, blob: bytes) -> bytes | None:
         """The plaintext, or None once the patient's access log was erased (its key destroyed)."""
@@ -468,12 +523,15 @@ class AccessLog:
         return decrypt_field(dek, blob, _context(patient_id, table, row_id, version))
 
     def entry(self, row: AccessEvent) -> TimelineEntry:
-        plaintext = self.open(row.patient_id, "access_events", row.id, row.key_version, row.body)
-        details: dict[str, Any] | None = json.loads(plaintext) if plaintext is not None else None
+        details = self._details(row.patient_id, row.id, row.key_version, row.body)
         entry = TimelineEntry(
             row.id, row.occurred_at, row.action, row.purpose, row.emergency, row.agent_kind, row.origin, details, ""
         )
         return replace(entry, sentence=self.describe(entry))
+
+    def _details(self, patient_id: str, row_id: str, version: int, body: bytes) -> dict[str, Any] | None:
+        plaintext = self.open(patient_id, "access_events", row_id, version, body)
+        return json.loads(plaintext) if plaintext is not None else None
 
     def describe(self, entry: TimelineEntry) -> str:
         """A plain-language sentence, e.g. "Dr A. Jones, cardiologist at Ward 4, viewed your lab results for your
@@ -511,65 +569,115 @@ class AccessLog:
 
     # ================================================================== summaries
 
-    def weekly_by_organisation(
-        self, patient_id: str, flt: TimelineFilter, names: dict[str, str] | None = None
-    ) -> tuple[list[str], dict[str, list[int]]]:
-        """Accesses per ISO week (oldest first) for each organisation, for the chart and its table.
-
-        Counted from clear columns (time and the organisation's blind index); only one access per
-        organisation is decrypted, to learn its name.
-        """
-        query = self._filtered(
-            select(AccessEvent.occurred_at, AccessEvent.org_index).where(AccessEvent.patient_id == patient_id), flt
+    def _weekly_counts(self, session: Session, patient_id: str, flt: TimelineFilter) -> list[tuple[str, date, int]]:
+        """(organisation index, week, accesses) for each pair with any access that matches."""
+        counted = select(AccessEvent.org_index, AccessEvent.week, func.count()).where(
+            AccessEvent.patient_id == patient_id
         )
-        with self.db.read() as session:
-            rows = session.execute(query).all()
-        if not rows:
-            return [], {}
-        first = min(when for when, _org in rows)
-        last = max(when for when, _org in rows)
-        weeks: list[str] = []
-        cursor = (first - timedelta(days=first.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-        while cursor <= last:
-            weeks.append(_iso_week(cursor.date()))
-            cursor += timedelta(days=7)
-        position = {week: i for i, week in enumerate(weeks)}
-        names = names if names is not None else self.organisation_names(patient_id)
-        counts: dict[str, list[int]] = {}
-        for when, org in rows:
-            series = counts.setdefault(names.get(org, "Erased"), [0] * len(weeks))
-            series[position[_iso_week(when.date())]] += 1
-        return weeks, counts
+        rows = session.execute(self._filtered(counted, flt).group_by(AccessEvent.org_index, AccessEvent.week)).all()
+        return [(org, week, int(count)) for org, week, count in rows]
 
-    def organisations(self, patient_id: str, names: dict[str, str] | None = None) -> list[str]:
-        names = names if names is not None else self.organisation_names(patient_id)
-        return sorted(set(names.values()) - {"Erased"})
-
-    def organisation_names(self, patient_id: str) -> dict[str, str]:
+    def _names(self, session: Session, patient_id: str) -> dict[str, str]:
         """Organisation blind index -> name, decrypting a single access per organisation."""
-        with self.db.read() as session:
-            picks = session.execute(
-                select(AccessEvent.org_index, func.min(AccessEvent.id))
-                .where(AccessEvent.patient_id == patient_id)
-                .group_by(AccessEvent.org_index)
-            ).all()
-            rows = {
-                row.id: row
-                for row in session.scalars(
-                    select(AccessEvent).where(AccessEvent.id.in_([event_id for _org, event_id in picks]))
-                )
-            }
         names = {}
-        for org, event_id in picks:
-            details = self.entry(rows[event_id]).details
-            names[org] = (details or {}).get("organisation") or "Erased"
+        for org, row_id, version, body in session.execute(ONE_PER_ORGANISATION, {"patient_id": patient_id}):
+            details = self._details(patient_id, row_id, version, body)
+            names[org] = (details or {}).get("organisation") or ERASED
         return names
+
+
+@dataclass(frozen=True)
+class Overview:
+    entries: list[TimelineEntry]
+    total: int
+    weeks: list[str]  # ISO weeks, oldest first, none missing in between
+    series: dict[str, list[int]]  # organisation name -> accesses in each week
+    organisations: list[str]  # every organisation that accessed the record (unfiltered)
+    alerts: AlertPreference
+
+    @property
+    def table(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Each week with every organisation's count in it: the chart's text equivalent, row by row."""
+        return list(zip(self.weeks, zip(*self.series.values(), strict=True), strict=True))
+
+
+ERASED = "Erased"
+
+
+def _no_alerts(patient_id: str) -> AlertPreference:
+    return AlertPreference(patient_id=patient_id, emergency=False, new_organisation=False)
+
+
+def _page_of(query: Any, page: int, page_size: int) -> Any:
+    return (
+        query.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)
+        .limit(page_size)
+        .offset((max(page, 1) - 1) * page_size)
+    )
+
+
+def _one_per_organisation() -> Any:
+    """One access (organisation index, id, key version, body) of each organisation that accessed the
+    record of the patient ``:patient_id``.
+
+    The organisations are found by stepping through the (patient, organisation) index from one to the
+    next (a loose index scan in a recursive query), so the cost grows with the number of organisations
+    rather than with the number of accesses. Built once: building it takes longer than running it.
+    """
+    patient = bindparam("patient_id", type_=String())
+    step = AccessEvent.__table__.alias("step")
+    walk = (
+        select(func.min(AccessEvent.org_index).label("org_index"))
+        .where(AccessEvent.patient_id == patient)
+        .cte("orgs", recursive=True)
+    )
+    walk = walk.union_all(
+        select(
+            select(func.min(step.c.org_index))
+            .where(step.c.patient_id == patient, step.c.org_index > walk.c.org_index)
+            .scalar_subquery()
+        ).where(walk.c.org_index.is_not(None))
+    )
+    first = (
+        select(step.c.id).where(step.c.patient_id == patient, step.c.org_index == walk.c.org_index).limit(1)
+    ).scalar_subquery()
+    return select(AccessEvent.org_index, AccessEvent.id, AccessEvent.key_version, AccessEvent.body).where(
+        AccessEvent.id.in_(select(first).select_from(walk))
+    )
+
+
+ONE_PER_ORGANISATION = _one_per_organisation()
+
+
+def _weekly_series(
+    counts: Sequence[tuple[str, date, int]], names: dict[str, str]
+) -> tuple[list[str], dict[str, list[int]]]:
+    """The weeks from the first to the last with any access, and each organisation's count per week (by name,
+    so the accesses of organisations whose names were erased add up under one)."""
+    if not counts:
+        return [], {}
+    first = min(week for _org, week, _count in counts)
+    last = max(week for _org, week, _count in counts)
+    mondays = [first + timedelta(weeks=i) for i in range((last - first).days // 7 + 1)]
+    position = {monday: i for i, monday in enumerate(mondays)}
+    series: dict[str, list[int]] = {}
+    for org, week, count in counts:
+        series.setdefault(names.get(org, ERASED), [0] * len(mondays))[position[week]] += count
+    return [_iso_week(monday) for monday in mondays], dict(sorted(series.items()))
+
+
+def _known_names(names: dict[str, str]) -> list[str]:
+    return sorted(set(names.values()) - {ERASED})
 
 
 @functools.lru_cache(maxsize=4096)
 def _iso_week(day: date) -> str:
     year, week, _weekday = day.isocalendar()
     return f"{year}-W{week:02d}"
+
+
+def _encrypt(key: ActiveKey, patient_id: str, table: str, row_id: str, plaintext: bytes) -> bytes:
+    return encrypt_field(key.dek, plaintext, _context(patient_id, table, row_id, key.version))
 
 
 def _context(patient_id: str, table: str, row_id: str, version: int) -> FieldContext:

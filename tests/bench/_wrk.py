@@ -12,7 +12,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ request = function()
   counter = counter % #calls + 1
   local call = calls[counter]
   local headers = {{Host = host}}
-  if call[2] ~= "" then headers["Authorization"] = "Bearer " .. call[2] end
+  for name, value in pairs(call[2]) do headers[name] = value end
   return wrk.format("GET", call[1], headers)
 end
 done = function(summary, latency, requests)
@@ -68,11 +68,15 @@ def _lua_string(value: str) -> str:
     return json.dumps(value)  # a JSON string of ASCII is a valid Lua string literal
 
 
+def _lua_headers(headers: Mapping[str, str]) -> str:
+    return "{" + ",".join(f"[{_lua_string(name)}]={_lua_string(value)}" for name, value in headers.items()) + "}"
+
+
 def run_wrk(
-    base_url: str, host: str, calls: Sequence[tuple[str, str]], *, connections: int, seconds: float
+    base_url: str, host: str, calls: Sequence[tuple[str, Mapping[str, str]]], *, connections: int, seconds: float
 ) -> WrkResult:
-    """``connections`` keep-alive connections, closed loop, for ``seconds``; calls are (path, bearer token or "")."""
-    table = "{" + ",".join(f"{{{_lua_string(path)},{_lua_string(token)}}}" for path, token in calls) + "}"
+    """``connections`` keep-alive connections, closed loop, for ``seconds``; calls are (path, headers), in turn."""
+    table = "{" + ",".join(f"{{{_lua_string(path)},{_lua_headers(headers)}}}" for path, headers in calls) + "}"
     script = _SCRIPT.format(calls=table, host=_lua_string(host), threads=WRK_THREADS)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)

@@ -64,15 +64,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from portal import migrate
 from portal.access.balp import RESTFUL, AccessFacts, parse_audit_event
 from portal.access.chart import weekly_chart
-from portal.access.models import AccessEvent, AlertPreference
+from portal.access.fhir_check import audit_event_passes
+from portal.access.models import AccessEvent, AlertPreference, week_of
 from portal.access.routes import access_page
-from portal.access.service import CATEGORY, TimelineFilter
+from portal.access.service import TimelineFilter
 from portal.accounts.models import Account
 from portal.audit.ledger import AuditEvent
 from portal.container import Portal, build_portal
@@ -81,6 +83,7 @@ from portal.records.models import Patient, PatientIdentifier
 from portal.records.synthetic import MRN_SYSTEM
 from portal.security.sessions import COOKIE_NAME, Principal
 from portal.settings import Settings
+from tests.bench import _wrk
 from tests.bench._common import (
     Reporter,
     count_statements,
@@ -147,14 +150,19 @@ BREAK_GLASS = ("unconscious on arrival", "trauma call", "cardiac arrest")
 # ----------------------------------------------------------------------------- small helpers
 
 
-def median_of(repeat: int, fn: Callable[[], object]) -> float:
+def median_of(repeat: int, fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds of ``repeat`` calls."""
     samples = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return statistics.median(samples)
+
+
+def median_cpu_of(repeat: int, fn: Callable[[], object]) -> float:
+    """Median CPU seconds of this process (all its threads) for ``repeat`` calls."""
+    return median_of(repeat, fn, time.process_time)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -263,6 +271,7 @@ def event_row(
         "patient_id": patient_id,
         "source_key": access._source_key(sender, facts.event_id),
         "occurred_at": facts.occurred_at,
+        "week": week_of(facts.occurred_at),
         "action": facts.action,
         "purpose": facts.purpose,
         "emergency": facts.emergency,
@@ -491,6 +500,8 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
     per_event: list[tuple[str, Callable[[], object]]] = [
         ("ledger_append_many_flush", ledger_append),
         ("parse_audit_event", lambda: [parse_audit_event(r) for r in resources]),
+        ("fhir_check", lambda: [audit_event_passes(r) for r in resources]),
+        ("fhir_resources_validate", lambda: [FhirAuditEvent.model_validate(r) for r in resources]),
         ("find_by_identifier", lambda: [portal.records.find_by_identifier(*f.patient_identifier) for f in facts]),
         ("alert_preference_get", alert_preferences),
         ("details_asdict_json", lambda: [details_plaintext(f) for f in facts]),
@@ -608,10 +619,11 @@ SELECT {cols} FROM (
     SELECT {cols} FROM bench_target WHERE n >= :t0 AND n < :t1
     UNION ALL
     SELECT gen_random_uuid()::text, t.patient_id, md5(s.r1::text) || md5(s.r2::text),
-           CAST(:now AS timestamptz) - s.r3 * :span * interval '1 second', t.action, t.purpose,
+           s.at, date_trunc('week', s.at AT TIME ZONE 'UTC')::date, t.action, t.purpose,
            s.r4 < :emergency, t.agent_kind, 'api', o.value, r.value, t.key_version, t.body, CAST(:now AS timestamptz)
     FROM (
-        SELECT g, random() AS r1, random() AS r2, random() AS r3, random() AS r4, random() AS r5, random() AS r6
+        SELECT g, random() AS r1, random() AS r2, random() AS r4, random() AS r5, random() AS r6,
+               CAST(:now AS timestamptz) - random() * :span * interval '1 second' AS at
         FROM generate_series(:g0, :g1 - 1) AS g
     ) AS s
     JOIN bench_templates t ON t.n = s.g % :templates
@@ -632,6 +644,7 @@ SELECT {cols} FROM (
     UNION ALL
     SELECT lower(hex(randomblob(16))), t.patient_id, lower(hex(randomblob(32))),
            strftime('%Y-%m-%d %H:%M:%S', :now_epoch - s.r3, 'unixepoch') || printf('.%06d', s.r4),
+           date(:now_epoch - s.r3, 'unixepoch', '-6 days', 'weekday 1'),
            t.action, t.purpose, s.r7 < :emergency * 1000000, t.agent_kind, 'api', o.value, r.value,
            t.key_version, t.body, :now_text
     FROM s
@@ -671,6 +684,11 @@ def generate_rows(
         if portal.db.is_sqlite:  # a bigger page cache for the load (random keys in four indexes)
             default_cache = int(conn.exec_driver_sql("PRAGMA cache_size").scalar() or 0)
             conn.exec_driver_sql(f"PRAGMA cache_size={-FILL_SQLITE_CACHE_KIB}")
+        else:
+            # The throwaway cluster commits asynchronously; VACUUM cannot mark a page all-visible until the
+            # commit of its rows is flushed, so without this the VACUUM ANALYZE after the fill would leave the
+            # visibility map empty (no index-only scans) where autovacuum on a live server would not.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
         for scratch in (target, template, orgs, roles):
             scratch.create(conn)
         conn.execute(insert(target), [{"n": i, **row} for i, row in enumerate(target_rows)])
@@ -837,7 +855,9 @@ def bench_timeline(bench: Bench, target: Target, args: argparse.Namespace, out: 
         f"patient); per phase at most {args.requests:_} requests or {args.phase_time_limit:.0f} s of sending; "
         "latency includes queueing in the server; load generator in this process (same cores)"
     )
-    with live_server(bench.settings, bench.port, bench.base) as server:
+    with live_server(bench.settings, bench.port, bench.base, args.web_processes) as server:
+        if args.wrk_seconds > 0 and _wrk.available():
+            wrk_phase(server, page_kinds(target)[0], cookies, args, out)
         for kind in page_kinds(target):
             serial = serial_latencies(server, kind, cookies[0], SERIAL_REQUESTS)
             out.figure(f"{kind.name}.serial_p50_ms", ms(statistics.median(serial)))
@@ -878,6 +898,23 @@ def bench_timeline(bench: Bench, target: Target, args: argparse.Namespace, out: 
         out.note("the p99 goal is stated for PostgreSQL; on SQLite it is for information")
     if target.table_rows < 1_000_000:
         out.note(f"the table held {target.table_rows:_} rows, not the 1,000,000 of the goal")
+
+
+def wrk_phase(
+    server: LiveServer, kind: PageKind, cookies: Sequence[str], args: argparse.Namespace, out: Reporter
+) -> None:
+    """The same page under wrk (C, a few microseconds per request), so the load generator does not share the
+    cores with the server; wrk checks status codes only (the httpx phases check each page's content)."""
+    calls = [(kind.path, {"Cookie": f"{COOKIE_NAME}={cookie}"}) for cookie in cookies]
+    _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=2)  # warm-up
+    result = _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=args.wrk_seconds)
+    prefix = f"{kind.name}.wrk"
+    out.figure(f"{prefix}_requests_per_s", result.per_second)
+    out.figure(f"{prefix}_p50_ms", result.p50_ms)
+    out.figure(f"{prefix}_p99_ms", result.p99_ms)
+    out.figure(f"{prefix}_errors", result.errors)
+    out.figure(f"{prefix}_loadgen_cpu_ms_per_request", result.cpu_seconds * 1e3 / max(1, result.requests))
+    out.figure(f"{prefix}_goal_p99", goal(result.p99_ms <= GOAL_P99_MS and result.errors == 0))
 
 
 # ----------------------------------------------------------------------------- 3. profile
@@ -932,26 +969,24 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
     out.figure("page_pool_checkouts", counts["checkouts"])
     out.figure("page_keystore_statements", keystore["statements"])
 
-    # The parts of the page, one by one (medians of 5 runs).
+    # The parts of the page, one by one (medians of 5 runs): wall time, and this process's CPU time for the
+    # whole pages (on SQLite that includes the database's work; a PostgreSQL server's is not in it).
     flt = TimelineFilter()
     mine = select(AccessEvent).where(AccessEvent.patient_id == pid)
 
-    def count_only() -> int:
-        with portal.db.read() as session:
-            return int(session.scalar(select(func.count()).select_from(mine.subquery())) or 0)
+    def in_session(query: Callable[[Session], object]) -> Callable[[], object]:
+        def run() -> object:
+            with portal.db.read() as session:
+                return query(session)
 
-    def page_rows() -> list[AccessEvent]:
-        with portal.db.read() as session:
-            ordered = mine.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id).limit(25)
-            return list(session.scalars(ordered).all())
+        return run
 
-    def chart_rows() -> list[Any]:
-        """What weekly_by_organisation reads: (time, organisation index) of every access of the patient."""
-        with portal.db.read() as session:
-            query = select(AccessEvent.occurred_at, AccessEvent.org_index).where(AccessEvent.patient_id == pid)
-            return list(session.execute(query).all())
+    def page_rows(session: Session) -> list[AccessEvent]:
+        ordered = mine.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id).limit(25)
+        return list(session.scalars(ordered).all())
 
-    rows = page_rows()
+    rows = in_session(page_rows)()
+    assert isinstance(rows, list)
 
     def entries() -> None:
         for row in rows:
@@ -961,32 +996,40 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
         for row in rows:
             access.open(row.patient_id, "access_events", row.id, row.key_version, row.body)
 
-    weeks, series = access.weekly_by_organisation(pid, flt)
+    overview = access.overview(pid, flt)
     request = request_for({})
+    htmx_request = FakeRequest(principal, {"user": principal, "auth": web_session}, {"hx-request": "true"}, {})
     template = handler(request=request, portal=portal, page=1)
-    parts: list[tuple[str, Callable[[], object]]] = [
+    pages: list[tuple[str, Callable[[], object]]] = [
         ("whole_page", lambda: page({})),
+        ("whole_page_emergency", lambda: page({"emergency": "1"})),
+        ("whole_page_organisation", lambda: page({"organisation": FILTER_ORGANISATION})),
+        ("whole_page_action", lambda: page({"action": "update"})),
+        ("htmx_partial", lambda: access_page.fn(request=htmx_request, portal=portal, page=2)),
+    ]
+    parts: list[tuple[str, Callable[[], object]]] = [
+        *pages,
         ("route_function", lambda: handler(request=request, portal=portal, page=1)),
         ("account_lookup", lambda: portal.accounts.account(target.account_id)),
-        ("timeline_page", lambda: access.timeline(pid, flt, page=1)),
-        ("count_query", count_only),
-        ("page_rows_query", page_rows),
+        ("overview", lambda: access.overview(pid, flt)),
+        ("timeline_page_and_count", lambda: access.timeline(pid, flt, page=1)),
+        ("page_rows_query", in_session(page_rows)),
         ("page_entries_25", entries),
-        ("weekly_by_organisation", lambda: access.weekly_by_organisation(pid, flt)),
-        ("chart_rows_query", chart_rows),
-        ("organisations", lambda: access.organisations(pid)),
-        ("weekly_chart_svg", lambda: weekly_chart(weeks, series)),
-        ("alerts", lambda: access.alerts(pid)),
+        ("weekly_counts_query", in_session(lambda session: access._weekly_counts(session, pid, flt))),
+        ("organisation_names", in_session(lambda session: access._names(session, pid))),
+        ("weekly_chart_svg", lambda: weekly_chart(overview.weeks, overview.series)),
         ("render_template", lambda: render(template, request)),
     ]
     timings: dict[str, float] = {}
     for name, fn in parts:
         timings[name] = median_of(5, fn)
         out.figure(f"part.{name}_ms", ms(timings[name]))
+    for name, fn in pages:
+        out.figure(f"cpu.{name}_ms", ms(median_cpu_of(5, fn)))
     out.figure("per_row_entry_us", 1e6 * timings["page_entries_25"] / len(rows))
     out.figure("per_row_decrypt_us", 1e6 * median_of(5, decrypt) / len(rows))
-    out.figure("chart_weeks", len(weeks))
-    out.figure("chart_organisations", len(series))
+    out.figure("chart_weeks", len(overview.weeks))
+    out.figure("chart_organisations", len(overview.series))
     # The downloads (CSV, NDJSON) and the accounting decrypt every access: timed on one organisation's.
     subset = TimelineFilter(organisation=FILTER_ORGANISATION)
     all_s, found = timed(lambda: access.all_entries(pid, subset))
@@ -995,69 +1038,16 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
     out.figure("downloads.all_entries_per_row_us", 1e6 * per_row)
     out.figure("downloads.all_entries_estimate_all_rows_ms", ms(per_row * target.events))
 
-    # The key cache: KeyStore.key_version() never fills it, so reads only hit it after a write
-    # (data_key) in the last CACHE_SECONDS. Fill it as a write would, and time the reads again.
-    portal.keys.data_key(pid, CATEGORY)
-    cached: dict[str, float] = {}
-    for name, fn in parts:
-        if name in {
-            "whole_page",
-            "route_function",
-            "timeline_page",
-            "page_entries_25",
-            "weekly_by_organisation",
-            "organisations",
-        }:
-            cached[name] = median_of(5, fn)
-            out.figure(f"key_cached.{name}_ms", ms(cached[name]))
-    out.figure("key_cached.per_row_decrypt_us", 1e6 * median_of(5, decrypt) / len(rows))
-    out.figure("key_cached.per_row_entry_us", 1e6 * median_of(5, entries) / len(rows))
-    all_s, found = timed(lambda: access.all_entries(pid, subset))
-    out.figure("key_cached.downloads.all_entries_per_row_us", 1e6 * all_s / max(1, len(found)))
-
-    # Prototypes of further fixes (bench code only, product code unchanged).
-    def chart_grouped_in_sql() -> tuple[list[str], dict[str, list[int]]]:
-        """The same chart with the counting done by the database: weeks x organisations rows, not one per access."""
-        bucket = (
-            "date(occurred_at, '-6 days', 'weekday 1')"
-            if portal.db.is_sqlite
-            else "date_trunc('week', occurred_at AT TIME ZONE 'UTC')"
-        )
-        with portal.db.read() as session:
-            counted = session.execute(
-                text(
-                    f"SELECT org_index, {bucket} AS week, count(*) FROM access_events "
-                    "WHERE patient_id = :p GROUP BY org_index, week"
-                ),
-                {"p": pid},
-            ).all()
-        names = {org: org[:8] for org, _w, _c in counted}  # the names come from organisations(), timed apart
-        found: dict[str, dict[str, int]] = {}
-        for org, week, count in counted:
-            found.setdefault(names[org], {})[str(week)[:10]] = int(count)
-        all_weeks = sorted({w for per in found.values() for w in per})
-        return all_weeks, {org: [per.get(w, 0) for w in all_weeks] for org, per in found.items()}
-
-    grouped = median_of(5, chart_grouped_in_sql)
-    _weeks, got = chart_grouped_in_sql()
-    if sum(map(sum, got.values())) != target.events:
-        raise RuntimeError("the GROUP BY prototype does not count every access")
-    out.figure("proto.chart_grouped_in_sql_ms", ms(grouped))
-    out.figure("proto.chart_counting_now_ms", ms(timings["weekly_by_organisation"] - timings["organisations"]))
+    # Prototype of a further fix (not built): the chart and organisation list served from a per-patient
+    # cache or rollup table, leaving no work on the page that grows with the patient's accesses.
     now_ms = timings["whole_page"]
-    fixes = max(cached["whole_page"] - cached["weekly_by_organisation"] + grouped, 1e-6)
-    chart_cached = max(cached["whole_page"] - cached["weekly_by_organisation"] - cached["organisations"], 1e-6)
-    out.figure("proto.page_now_ms", ms(now_ms))
-    out.figure("proto.page_estimate_fixes_ms", ms(fixes))
-    out.figure("proto.page_estimate_fixes_speedup", now_ms / fixes)
+    chart_cached = max(now_ms - timings["weekly_counts_query"] - timings["organisation_names"], 1e-6)
     out.figure("proto.page_estimate_chart_cached_ms", ms(chart_cached))
     out.figure("proto.page_estimate_chart_cached_speedup", now_ms / chart_cached)
-    out.figure("proto.page_estimate_chart_cached_pages_per_core_s", 1 / chart_cached)
     out.note(
-        "proto.page_estimate_fixes_ms: the page with the data key cached on reads (KeyStore.key_version), the chart "
-        "counted by GROUP BY in the database and the organisation names looked up once per request, not twice; "
-        "proto.page_estimate_chart_cached_ms: the same with the chart and organisation list served from a per-patient "
-        "cache or rollup table (no per-access work left on the page)"
+        "proto.page_estimate_chart_cached_ms: the page without its weekly GROUP BY and organisation look-up, as a "
+        "per-patient cache or rollup table of the chart would leave it (kept in step with ingest, retention and "
+        "erasure; not built)"
     )
 
 
@@ -1100,6 +1090,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--other-patients", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=2_000, help="at most this many requests per load phase")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes for the timeline")
+    parser.add_argument(
+        "--wrk-seconds", type=float, default=20.0, help="length of the wrk phase (0: none; needs the wrk package)"
+    )
     parser.add_argument("--phase-time-limit", type=float, default=20.0, help="seconds of sending per load phase")
     parser.add_argument("--seed", type=int, default=20_261_006)
     args = parser.parse_args(argv)

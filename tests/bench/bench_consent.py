@@ -561,7 +561,7 @@ def run_wrk_phase(
     server: LiveServer, calls: Sequence[Call], args: argparse.Namespace, cpu: Callable[[], CpuSnapshot]
 ) -> WrkPhase:
     """The same decision calls driven by wrk, whose few microseconds per request leave the cores to the server."""
-    pairs = [(call.path, call.token or "") for call in calls]
+    pairs = [(call.path, {"Authorization": f"Bearer {call.token}"} if call.token else {}) for call in calls]
     _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=2)  # warm-up
     before = cpu()
     result = _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=args.wrk_seconds)

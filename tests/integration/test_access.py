@@ -319,7 +319,62 @@ def test_weekly_chart_counts_every_access_in_its_week(client: Client, portal: Po
     )
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
-    weeks, series = portal.access.weekly_by_organisation(patient_id, TimelineFilter())
-    assert weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
-    assert series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
-    assert portal.access.organisations(patient_id) == ["A", "B"]
+    overview = portal.access.overview(patient_id, TimelineFilter())
+    assert overview.weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
+    assert overview.series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
+    assert overview.organisations == ["A", "B"]
+
+
+def test_lines_only_fhir_resources_can_judge_are_still_judged_line_by_line(client: Client, portal: Portal) -> None:
+    """Lines the compiled check does not pass go to fhir.resources: a valid one is accepted, and one that makes
+    fhir.resources fail (a contained resource of an unknown type) is a rejected line, not a failed batch."""
+    mrn, _ = new_patient(portal)
+    with_extension = {**balp_event("f1", mrn), "_outcome": {"extension": [{"url": "http://x", "valueString": "y"}]}}
+    unknown_contained = {**balp_event("f2", mrn), "contained": [{"resourceType": "Nonsense"}]}
+    lines = [with_extension, unknown_contained, balp_event("f3", mrn)]
+    body = _post(client, _token(portal), "\n".join(json.dumps(e) for e in lines)).json()
+    assert [(line["line"], line["status"]) for line in body["lines"]] == [
+        (1, "accepted"),
+        (2, "rejected"),
+        (3, "accepted"),
+    ]
+    assert body["lines"][1]["reason"].startswith("invalid AuditEvent")
+
+
+def test_overview_counts_agree_with_the_timeline_under_every_filter(client: Client, portal: Portal) -> None:
+    """The page's total is the chart's sum; both agree with the timeline and the downloads, filter by filter."""
+    from datetime import UTC, datetime
+
+    from portal.access.service import TimelineFilter as F
+
+    mrn, _ = new_patient(portal)
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    events = [
+        balp_event("o1", mrn, recorded="2026-09-28T23:30:00Z"),
+        balp_event("o2", mrn, org="Lab Co", role="Phlebotomist", recorded="2026-10-04T23:59:59Z"),
+        balp_event("o3", mrn, purpose="ETREAT", btg="trauma", recorded="2026-10-05T00:00:00Z"),
+        balp_event("o4", mrn, subtype="update", purpose="HPAYMT", recorded="2026-10-20T12:00:00Z"),
+    ]
+    _post(client, _token(portal), "\n".join(json.dumps(e) for e in events))
+    portal.records.read(patient_id, actor="patient:me", role=None, purpose="PATRQT", categories=["clinical"])
+    filters = [
+        F(),
+        F(emergency_only=True),
+        F(organisation="Lab Co"),
+        F(role="Phlebotomist"),
+        F(action="update"),
+        F(purpose="HPAYMT"),
+        F(agent_kind="person"),
+        F(start=datetime(2026, 10, 5, tzinfo=UTC), end=datetime(2026, 10, 21, tzinfo=UTC)),
+    ]
+    for flt in filters:
+        overview = portal.access.overview(patient_id, flt)
+        entries, total = portal.access.timeline(patient_id, flt)
+        assert overview.total == total == len(portal.access.all_entries(patient_id, flt)), flt
+        assert sum(map(sum, overview.series.values())) == total, flt
+        assert [e.id for e in overview.entries] == [e.id for e in entries], flt
+        assert overview.organisations == ["Lab Co", "Privacy portal", "St Example Hospital"]
+    everything = portal.access.overview(patient_id, F())
+    assert everything.total == 5 and list(everything.series) == ["Lab Co", "Privacy portal", "St Example Hospital"]
+    assert everything.table[:2] == [("2026-W40", (1, 0, 1)), ("2026-W41", (0, 0, 1))]

@@ -31,3 +31,48 @@ def test_sqlite_pragmas(portal: Portal) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_access_event_weeks_are_backfilled(portal: Portal) -> None:
+    """0011 gives every existing access the Monday (UTC) of its ISO week, as new accesses get it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from portal.access.models import AccessEvent, week_of
+    from portal.records.models import Patient
+
+    times = [
+        datetime(2026, 10, 5, 0, 0, tzinfo=UTC),  # a Monday, first instant
+        datetime(2026, 10, 11, 23, 59, 59, 999_999, tzinfo=UTC),  # the Sunday after, last instant
+        datetime(2027, 1, 1, 12, 30, tzinfo=UTC),  # a Friday in ISO week 2026-W53
+    ]
+    url = portal.settings.database_url
+    migrate.downgrade(url, "0010")
+    with portal.db.engine.begin() as conn:
+        conn.execute(insert(Patient), {"id": "p1", "status": "active", "created_at": times[0], "updated_at": times[0]})
+        for i, when in enumerate(times):
+            conn.execute(
+                insert(AccessEvent),
+                {
+                    "id": f"e{i}",
+                    "patient_id": "p1",
+                    "source_key": f"k{i}",
+                    "occurred_at": when,
+                    "action": "read",
+                    "purpose": "TREAT",
+                    "emergency": False,
+                    "agent_kind": "person",
+                    "origin": "api",
+                    "org_index": "o",
+                    "role_index": "r",
+                    "key_version": 1,
+                    "body": b"x",
+                    "created_at": when,
+                },
+            )
+    migrate.upgrade(url)
+    with portal.db.read() as session:
+        weeks = list(session.scalars(select(AccessEvent.week).order_by(AccessEvent.id)))
+    assert weeks == [week_of(when) for when in times]
+    assert [str(week) for week in weeks] == ["2026-10-05", "2026-10-05", "2026-12-28"]
