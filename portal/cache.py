@@ -1,4 +1,4 @@
-"""A tiny time-to-live cache for read-mostly data (consent purposes and notices, API clients' status)."""
+"""A tiny time-to-live cache for read-mostly data (consent purposes and notices)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,6 @@ class TtlCache(Generic[T]):
         if entry is not None and self._clock() - entry[0] < self._seconds:
             return (entry[1],)
         return None
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:

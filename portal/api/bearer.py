@@ -43,9 +43,7 @@ class BearerMiddleware:
             scope["auth"] = None
             token = _bearer_token(scope) if needs_bearer(scope["path"]) else None
             if token is not None:
-                scope["user"] = self.api.verify_known_access_token(token) or await anyio.to_thread.run_sync(
-                    self._authenticate, token
-                )
+                scope["user"] = await anyio.to_thread.run_sync(self._authenticate, token)
         await self.app(scope, receive, send)
 
     def _authenticate(self, token: str) -> Principal:

@@ -4,9 +4,8 @@ A privacy admin registers a client (name, scopes) and sees its secret once; only
 hash is kept. The client trades its credentials for a short access JWT (EdDSA, ≤ 10 minutes)
 and a refresh token. Refresh tokens rotate on every use; presenting one that was already used
 means two parties hold it, so its whole family is revoked (OAuth 2.0 Security BCP §4.14).
-Revoking a client takes effect on its next call in the web process that revoked it, and within
-a second in the others: each access token is checked against the client's row, which a process
-keeps for at most a second.
+Revoking a client takes effect on its next call: each access token is checked against the
+client's row, one primary-key read (the token's signature is checked once, its expiry every time).
 
 Token times (iat, nbf, exp) are stamped from the injected clock; PyJWT checks them against
 the system clock, so tests move the service clock to mint tokens in the past or the future.
@@ -34,8 +33,7 @@ from sqlalchemy.orm import Session
 
 from portal.api.models import IntegrationClient, RefreshToken
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.cache import TtlCache
-from portal.db import Database, after_commit, new_id, utcnow
+from portal.db import Database, new_id, utcnow
 from portal.records.service import MRN_TYPE_CODE, BundleRejectedError, ImportProblem, ImportResult, RecordStore
 from portal.security.keystore import KeyStore
 from portal.security.ratelimit import Limit, LocalRateLimiter, RateLimiter
@@ -59,7 +57,6 @@ JWT_TYPE = "at+jwt"
 SIGNING_KEY_NAME = "api-jwt"
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "scope", "iat", "nbf", "exp", "jti"]
 VERIFIED_TOKENS_KEPT = 10_000
-CLIENT_STATUS_SECONDS = 1.0
 NAME_MAX = 80
 SECRET_MAX = 256
 
@@ -152,8 +149,6 @@ class IntegrationService:
         self.api_limiter = LocalRateLimiter()
         self.system_clock: Callable[[], float] = time.time
         self._claims: dict[str, dict[str, Any]] = {}
-        # Revoking in this process forgets the client at once; other web processes re-read it within a second.
-        self._client_statuses: TtlCache[tuple[bool, frozenset[str]] | None] = TtlCache(CLIENT_STATUS_SECONDS)
 
     # ------------------------------------------------------------------ clients (privacy admin)
 
@@ -221,7 +216,6 @@ class IntegrationService:
             if not client.is_active:
                 raise ClientAlreadyRevokedError(f"{client.name} was already revoked")
             client.revoked_at = now
-            after_commit(session, lambda: self._client_statuses.forget(client_id))
             revoked = self._revoke_tokens(session, RefreshToken.client_id == client.id, now)
             self.ledger.append(
                 session,
@@ -446,7 +440,7 @@ class IntegrationService:
         """
         claims = self._verified_claims(token)
         client_id = str(claims["sub"])
-        status = self._client_statuses.get(client_id, lambda: self._read_client_status(client_id))
+        status = self._read_client_status(client_id)
         if status is None:
             raise InvalidAccessTokenError("unknown client")
         # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
@@ -464,18 +458,6 @@ class IntegrationService:
             )
             raise InvalidAccessTokenError("client revoked")
         return _principal(claims, status[1])
-
-    def verify_known_access_token(self, token: str) -> Principal | None:
-        """``verify_access_token`` for a token and an active client seen moments ago, without touching the
-        database (so the caller need not leave its event loop); None when it would need the database."""
-        claims = self._claims.get(token)
-        if claims is None or not self._unexpired(claims):
-            return None
-        status = self._client_statuses.fresh(str(claims["sub"]))
-        if status is None or status[0] is None or not status[0][0]:
-            return None
-        self.api_limiter.check(self.api_limits(str(claims["sub"])))
-        return _principal(claims, status[0][1])
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         """The claims of a genuine access token that has not expired.
@@ -513,7 +495,8 @@ class IntegrationService:
         return self.system_clock() < float(claims["exp"]) + CLOCK_LEEWAY_SECONDS
 
     def _read_client_status(self, client_id: str) -> tuple[bool, frozenset[str]] | None:
-        """(active, scopes) of a client; None for no such client."""
+        """(active, scopes) of a client, read on every call so that a revocation applies at once; None for no
+        such client."""
         if not _is_client_id(client_id):
             return None
         query = select(IntegrationClient.revoked_at, IntegrationClient.scopes).where(IntegrationClient.id == client_id)

@@ -1,4 +1,4 @@
-"""The time-to-live cache behind consent purposes and API clients' status."""
+"""The time-to-live cache behind consent purposes and notices."""
 
 from __future__ import annotations
 
@@ -37,13 +37,3 @@ def test_fresh_tells_a_cached_none_from_a_missing_or_stale_entry() -> None:
     assert cache.fresh("unknown") == (None,)
     clock.now += 1.0
     assert cache.fresh("unknown") is None
-
-
-def test_forget_drops_one_entry_only() -> None:
-    cache: TtlCache[str] = TtlCache(60.0, Clock())
-    cache.get("a", lambda: "A")
-    cache.get("b", lambda: "B")
-    cache.forget("a")
-    cache.forget("never cached")
-    assert cache.fresh("a") is None
-    assert cache.fresh("b") == ("B",)
