@@ -36,9 +36,10 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     )
 
 
-def _stderr_logger(*_args: object) -> structlog.PrintLogger:
-    # Looked up per logger so redirected or replaced stderr (tests, daemons) is honoured.
-    return structlog.PrintLogger(file=sys.stderr)
+def _stderr_logger(*_args: object) -> structlog.WriteLogger:
+    # Looked up per logger so redirected or replaced stderr (tests, daemons) is honoured. One write
+    # per line (print writes the newline apart): web processes sharing stderr never split a line.
+    return structlog.WriteLogger(file=sys.stderr)
 
 
 class RequestLogMiddleware:
