@@ -72,9 +72,9 @@ from portal import migrate
 from portal.access.balp import RESTFUL, AccessFacts, parse_audit_event
 from portal.access.chart import weekly_chart
 from portal.access.fhir_check import audit_event_passes
-from portal.access.models import AccessEvent, AlertPreference, week_of
+from portal.access.models import AccessEvent, AlertPreference
 from portal.access.routes import access_page
-from portal.access.service import TimelineFilter
+from portal.access.service import CATEGORY, TimelineFilter
 from portal.accounts.models import Account
 from portal.audit.ledger import AuditEvent
 from portal.container import Portal, build_portal
@@ -254,7 +254,7 @@ def random_spec(rng: random.Random, event_id: str, mrn: str, when: datetime, *, 
 
 
 def details_plaintext(facts: AccessFacts) -> bytes:
-    """What ``AccessLog._add`` encrypts for a row."""
+    """What ``AccessLog._row`` encrypts for a row."""
     details = {k: v for k, v in asdict(facts).items() if k not in {"patient_identifier", "occurred_at"}}
     return json.dumps(details).encode()
 
@@ -262,27 +262,19 @@ def details_plaintext(facts: AccessFacts) -> bytes:
 def event_row(
     portal: Portal, patient_id: str, facts: AccessFacts, *, sender: str, origin: str = "api"
 ) -> dict[str, Any]:
-    """An access_events row as ``AccessLog._add`` writes it, encrypted for its own row id."""
+    """An access_events row exactly as ingest writes it (``AccessLog._row``), encrypted for its own row id."""
     access = portal.access
-    row_id = new_id()
-    version, body = access.seal(patient_id, "access_events", row_id, details_plaintext(facts))
-    return {
-        "id": row_id,
-        "patient_id": patient_id,
-        "source_key": access._source_key(sender, facts.event_id),
-        "occurred_at": facts.occurred_at,
-        "week": week_of(facts.occurred_at),
-        "action": facts.action,
-        "purpose": facts.purpose,
-        "emergency": facts.emergency,
-        "agent_kind": facts.agent_kind,
-        "origin": origin,
-        "org_index": access._org_index(facts.organisation),
-        "role_index": access._role_index(facts.role),
-        "key_version": version,
-        "body": body,
-        "created_at": facts.occurred_at + timedelta(seconds=5),
-    }
+    row = access._row(
+        patient_id,
+        access._source_key(sender, facts.event_id),
+        facts,
+        origin=origin,
+        as_dict=facts.as_dict(),
+        key=portal.keys.data_key(patient_id, CATEGORY, create=True),
+        org_index=access._org_index(facts.organisation),
+        role_index=access._role_index(facts.role),
+    )
+    return {**row, "created_at": facts.occurred_at + timedelta(seconds=5)}
 
 
 COLUMNS = tuple(c.name for c in AccessEvent.__table__.columns)
