@@ -457,6 +457,17 @@ def _process_settings(tmp_path: Path, *, database_url: str = "", keystore_url: s
     ).complete()
 
 
+def _scaled_settings(tmp_path: Path, pg: PostgresServer, redis_server: RedisServer, label: str) -> Settings:
+    """The scaled mode's settings: a fresh main database and key store on PostgreSQL, and Redis."""
+    name = f"{label}_{os.urandom(5).hex()}"
+    return _process_settings(
+        tmp_path,
+        database_url=pg.create_database(name),
+        keystore_url=pg.create_database(f"{name}_keys"),
+        broker_url=redis_server.url,
+    )
+
+
 @contextlib.contextmanager
 def _test_portal(settings: Settings) -> Iterator[Portal]:
     built = build_portal(settings)
@@ -472,13 +483,7 @@ def _test_portal(settings: Settings) -> Iterator[Portal]:
 
 @contextlib.contextmanager
 def _redis_worker(tmp_path: Path, pg: PostgresServer, redis_server: RedisServer) -> Iterator[tuple[Flow, Processes]]:
-    name = f"crash_{os.urandom(5).hex()}"
-    settings = _process_settings(
-        tmp_path,
-        database_url=pg.create_database(name),
-        keystore_url=pg.create_database(f"{name}_keys"),
-        broker_url=redis_server.url,
-    )
+    settings = _scaled_settings(tmp_path, pg, redis_server, "crash")
     with _test_portal(settings) as portal:
         processes = Processes(_child_env(settings), lambda: ["worker", "--processes", "1", "--threads", "2"], tmp_path)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _process_settings, _wait
+from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _scaled_settings, _wait
 from tests.support.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.pg
@@ -43,13 +42,7 @@ def _answers(url: str) -> bool:
 def test_run_serves_from_the_configured_number_of_web_processes(
     tmp_path: Path, pg_server: PostgresServer, redis_server: RedisServer
 ) -> None:
-    name = f"scaled_{os.urandom(5).hex()}"
-    settings = _process_settings(
-        tmp_path,
-        database_url=pg_server.create_database(name),
-        keystore_url=pg_server.create_database(f"{name}_keys"),
-        broker_url=redis_server.url,
-    )
+    settings = _scaled_settings(tmp_path, pg_server, redis_server, "scaled")
     env = {**_child_env(settings), "PORTAL_WEB_PROCESSES": str(WEB_PROCESSES)}
     port = _free_port()
     log = tmp_path / "run.log"
