@@ -1,4 +1,4 @@
-"""A tiny time-to-live cache for read-mostly data (consent purposes and notices)."""
+"""A tiny time-to-live cache for read-mostly reference data (consent purposes and notices)."""
 
 from __future__ import annotations
 
@@ -18,22 +18,15 @@ class TtlCache(Generic[T]):
         self._lock = threading.Lock()
 
     def get(self, key: str, load: Callable[[], T]) -> T:
-        fresh = self.fresh(key)
-        if fresh is not None:
-            return fresh[0]
         now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < self._seconds:
+            return entry[1]
         value = load()
         with self._lock:
             self._entries[key] = (now, value)
         return value
-
-    def fresh(self, key: str) -> tuple[T] | None:
-        """``(value,)`` when the key holds a value younger than the time to live, else None."""
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and self._clock() - entry[0] < self._seconds:
-            return (entry[1],)
-        return None
 
     def clear(self) -> None:
         with self._lock:

@@ -27,13 +27,3 @@ def test_a_value_is_loaded_once_while_fresh_and_again_once_stale() -> None:
     clock.now = 101.25
     assert cache.get("k", load) == 2
     assert loads == [100.0, 101.25]
-
-
-def test_fresh_tells_a_cached_none_from_a_missing_or_stale_entry() -> None:
-    clock = Clock()
-    cache: TtlCache[int | None] = TtlCache(1.0, clock)
-    assert cache.fresh("unknown") is None
-    cache.get("unknown", lambda: None)
-    assert cache.fresh("unknown") == (None,)
-    clock.now += 1.0
-    assert cache.fresh("unknown") is None
