@@ -143,10 +143,12 @@ def _template_engine(settings: Settings) -> JinjaTemplateEngine:
 
 
 def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Embedded mode runs Dramatiq worker threads and the watchdog inside the web process."""
+    """The event loop's database pool for the API's hot reads; in embedded mode, also the Dramatiq worker
+    threads and the watchdog inside the web process."""
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await portal.hot.open()
         broker = portal.connect_broker()
         worker = None
         if portal.settings.uses_memory_broker:
@@ -157,5 +159,6 @@ def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContex
         finally:
             if worker is not None:
                 worker.stop()
+            await portal.hot.close()
 
     return lifespan

@@ -25,6 +25,7 @@ from portal.dsar.erasure import Eraser
 from portal.dsar.export import ExportBuilder
 from portal.dsar.service import TICK_JOB, RequestService
 from portal.evidence.service import EvidenceService
+from portal.hot_reads import HotReads
 from portal.jobs.service import JobContext, JobRunner
 from portal.notify import Notifier
 from portal.pdf import PdfRenderer
@@ -48,6 +49,7 @@ class Portal:
     settings: Settings
     db: Database
     keystore_db: Database
+    hot: HotReads
     keys: KeyStore
     ledger: Ledger
     records: RecordStore
@@ -120,6 +122,7 @@ def build_portal(settings: Settings) -> Portal:
     keystore_db = Database.from_url(settings.keystore_url)
     keys = KeyStore(keystore_db, kek_provider(settings))
     ledger = Ledger(db, keys.signing_key, settings.origin)
+    hot = HotReads(db)
     jobs = JobRunner(
         db,
         lease_seconds=settings.job_lease_seconds,
@@ -165,6 +168,7 @@ def build_portal(settings: Settings) -> Portal:
         origin=settings.origin,
         controller=settings.controller_name,
         contact=settings.mail_from,
+        hot=hot,
     )
     pdf = PdfRenderer()
     requests = RequestService(
@@ -207,6 +211,7 @@ def build_portal(settings: Settings) -> Portal:
         settings=settings,
         db=db,
         keystore_db=keystore_db,
+        hot=hot,
         keys=keys,
         ledger=ledger,
         records=records,
@@ -220,7 +225,7 @@ def build_portal(settings: Settings) -> Portal:
         access=access,
         cases=cases,
         api=IntegrationService(
-            db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin
+            db=db, keys=keys, ledger=ledger, records=records, limiter=limiter, origin=settings.origin, hot=hot
         ),
         requests=requests,
         evidence=evidence,

@@ -9,7 +9,6 @@ client's rate limit (429 with Retry-After).
 
 from __future__ import annotations
 
-import anyio.to_thread
 import structlog
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException
@@ -43,12 +42,12 @@ class BearerMiddleware:
             scope["auth"] = None
             token = _bearer_token(scope) if needs_bearer(scope["path"]) else None
             if token is not None:
-                scope["user"] = await anyio.to_thread.run_sync(self._authenticate, token)
+                scope["user"] = await self._authenticate(token)
         await self.app(scope, receive, send)
 
-    def _authenticate(self, token: str) -> Principal:
+    async def _authenticate(self, token: str) -> Principal:
         try:
-            return self.api.verify_access_token(token)
+            return await self.api.verify_access_token_async(token)
         except InvalidAccessTokenError as exc:
             log.info("api.bearer_refused", reason=exc.reason)
             raise NotAuthorizedException(

@@ -6,6 +6,7 @@ and a refresh token. Refresh tokens rotate on every use; presenting one that was
 means two parties hold it, so its whole family is revoked (OAuth 2.0 Security BCP §4.14).
 Revoking a client takes effect on its next call: each access token is checked against the
 client's row, one primary-key read (the token's signature is checked once, its expiry every time).
+On the web the read runs on the event loop (``HotReads``), as the consent decision's does.
 
 Token times (iat, nbf, exp) are stamped from the injected clock; PyJWT checks them against
 the system clock, so tests move the service clock to mint tokens in the past or the future.
@@ -18,22 +19,24 @@ import secrets
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
+import anyio.to_thread
 import jwt
 import structlog
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from portal.api.models import IntegrationClient, RefreshToken
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
+from portal.hot_reads import HotReads
 from portal.records.service import MRN_TYPE_CODE, BundleRejectedError, ImportProblem, ImportResult, RecordStore
 from portal.security.keystore import KeyStore
 from portal.security.ratelimit import Limit, LocalRateLimiter, RateLimiter
@@ -136,8 +139,10 @@ class IntegrationService:
         origin: str,
         clock: Callable[[], datetime] = utcnow,
         limits: ApiRateLimits | None = None,
+        hot: HotReads | None = None,
     ) -> None:
         self.db = db
+        self.hot = hot or HotReads(db)
         self.keys = keys
         self.ledger = ledger
         self.records = records
@@ -439,25 +444,53 @@ class IntegrationService:
         Each call with a genuine token counts against its client's rate limit (TooManyRequestsError).
         """
         claims = self._verified_claims(token)
+        client = self._client_params(claims)
+        row = None
+        if client is not None:
+            with self.db.lone_read() as conn:
+                row = conn.execute(_CLIENT_STATUS, client).first()
+        principal = self._admitted(claims, row)
+        if principal is None:
+            self._refuse_revoked(str(claims["sub"]))
+        return principal
+
+    async def verify_access_token_async(self, token: str) -> Principal:
+        """``verify_access_token`` for the event loop: the client's row is read without a worker thread."""
+        claims = self._verified_claims(token)
+        client = self._client_params(claims)
+        row = None if client is None else await self.hot.first(_CLIENT_STATUS, client)
+        principal = self._admitted(claims, row)
+        if principal is None:
+            await anyio.to_thread.run_sync(self._refuse_revoked, str(claims["sub"]))
+        return principal
+
+    @staticmethod
+    def _client_params(claims: Mapping[str, Any]) -> dict[str, str] | None:
         client_id = str(claims["sub"])
-        status = self._read_client_status(client_id)
-        if status is None:
+        return {"client": client_id} if _is_client_id(client_id) else None
+
+    def _admitted(self, claims: Mapping[str, Any], client_row: Sequence[Any] | None) -> Principal | None:
+        """The principal, from the client's row as read for this very call (so a revocation applies at once);
+        None when the client is revoked."""
+        if client_row is None:
             raise InvalidAccessTokenError("unknown client")
         # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
-        self.api_limiter.check(self.api_limits(client_id))
-        if not status[0]:
-            self.ledger.record(
-                AuditEvent(
-                    action="api.token.refused",
-                    actor=actor_of(client_id),
-                    role="integration",
-                    object=f"api-client:{client_id}",
-                    outcome="failure",
-                    details={"reason": "client revoked"},
-                )
+        self.api_limiter.check(self.api_limits(str(claims["sub"])))
+        active, scopes = client_row
+        return _principal(claims, frozenset(scopes.split())) if active else None
+
+    def _refuse_revoked(self, client_id: str) -> NoReturn:
+        self.ledger.record(
+            AuditEvent(
+                action="api.token.refused",
+                actor=actor_of(client_id),
+                role="integration",
+                object=f"api-client:{client_id}",
+                outcome="failure",
+                details={"reason": "client revoked"},
             )
-            raise InvalidAccessTokenError("client revoked")
-        return _principal(claims, status[1])
+        )
+        raise InvalidAccessTokenError("client revoked")
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         """The claims of a genuine access token that has not expired.
@@ -493,16 +526,6 @@ class IntegrationService:
     def _unexpired(self, claims: Mapping[str, Any]) -> bool:
         # As PyJWT judges "exp", with the same leeway, against the system clock (not the stamping clock).
         return self.system_clock() < float(claims["exp"]) + CLOCK_LEEWAY_SECONDS
-
-    def _read_client_status(self, client_id: str) -> tuple[bool, frozenset[str]] | None:
-        """(active, scopes) of a client, read on every call so that a revocation applies at once; None for no
-        such client."""
-        if not _is_client_id(client_id):
-            return None
-        query = select(IntegrationClient.revoked_at, IntegrationClient.scopes).where(IntegrationClient.id == client_id)
-        with self.db.lone_read() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (row.revoked_at is None, frozenset(row.scopes.split()))
 
     # ------------------------------------------------------------------ rate limits
 
@@ -585,6 +608,12 @@ def _patient_entries(bundle: Mapping[str, Any]) -> list[tuple[int, Mapping[str, 
         and isinstance(entry.get("resource"), Mapping)
         and entry["resource"].get("resourceType") == "Patient"
     ]
+
+
+# (active, scopes) of a client, read on every call.
+_CLIENT_STATUS = select(IntegrationClient.revoked_at.is_(None), IntegrationClient.scopes).where(
+    IntegrationClient.id == bindparam("client")
+)
 
 
 def _principal(claims: Mapping[str, Any], client_scopes: frozenset[str]) -> Principal:

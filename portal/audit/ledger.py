@@ -11,6 +11,7 @@ The database refuses UPDATE and DELETE on the ledger tables (triggers; see the m
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import queue
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, insert, select
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -57,6 +58,9 @@ class LedgerHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     last_leaf: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+_HEAD_FOR_UPDATE = select(LedgerHead.size, LedgerHead.last_leaf).where(LedgerHead.id == 1).with_for_update()
 
 
 class LedgerCheckpoint(Base):
@@ -149,14 +153,14 @@ class Ledger:
         return self.append_many(session, [event])[0]
 
     def append_many(self, session: Session, events: Sequence[AuditEvent]) -> list[int]:
-        head = session.scalars(select(LedgerHead).where(LedgerHead.id == 1).with_for_update()).one_or_none()
-        if head is None:
-            head = LedgerHead(id=1, size=0, last_leaf=GENESIS)
-            session.add(head)
+        # Core statements on the session's connection: the ORM's unit of work costs more than the
+        # appending itself on the decision API's path, which appends a handful of entries at a time.
+        conn = session.connection()
+        head = conn.execute(_HEAD_FOR_UPDATE).first()
+        first, prev = (head.size, head.last_leaf) if head is not None else (0, GENESIS)
         now = self.clock()
         rows: list[dict[str, Any]] = []
-        prev = head.last_leaf
-        for seq, event in enumerate(events, start=head.size):
+        for seq, event in enumerate(events, start=first):
             entry = encode_entry(seq, now, prev, event)
             prev = merkle.leaf_hash(entry)
             rows.append(
@@ -169,13 +173,16 @@ class Ledger:
                     "created_at": now,
                 }
             )
-        if rows:
-            # One multi-row INSERT rather than an ORM object per entry: ingest appends thousands at once.
-            session.execute(insert(LedgerEntry), rows)
-        seqs = list(range(head.size, head.size + len(rows)))
-        head.size += len(rows)
-        head.last_leaf = prev
-        return seqs
+        if not rows:
+            return []
+        # One multi-row INSERT rather than a statement per entry: ingest appends thousands at once.
+        conn.execute(insert(LedgerEntry), rows)
+        moved = {"size": first + len(rows), "last_leaf": prev}
+        if head is None:
+            conn.execute(insert(LedgerHead).values(id=1, **moved))
+        else:
+            conn.execute(update(LedgerHead).where(LedgerHead.id == 1).values(**moved))
+        return list(range(first, first + len(rows)))
 
     def record(self, event: AuditEvent) -> int:
         """Append in a transaction of its own (for events with no other state change)."""
@@ -188,11 +195,20 @@ class Ledger:
         The caller still returns only once its entry is committed, so nothing is answered without
         its audit record; many callers pay for one head-row lock and one commit instead of one each.
         """
+        return self._group_committer().submit(event)
+
+    async def record_grouped_async(self, event: AuditEvent) -> int:
+        """``record_grouped`` for a caller on the event loop: it awaits the commit, holding no thread."""
+        committed = asyncio.wrap_future(self._group_committer().enqueue(event))
+        async with asyncio.timeout(_GroupCommitter.TIMEOUT_SECONDS):
+            return await committed
+
+    def _group_committer(self) -> _GroupCommitter:
         if self._group is None:
             with self._group_lock:
                 if self._group is None:
                     self._group = _GroupCommitter(self)
-        return self._group.submit(event)
+        return self._group
 
     # ------------------------------------------------------------------ reading
 
@@ -356,9 +372,13 @@ class _GroupCommitter:
         threading.Thread(target=self._run, name="ledger-group-commit", daemon=True).start()
 
     def submit(self, event: AuditEvent) -> int:
+        return self.enqueue(event).result(timeout=self.TIMEOUT_SECONDS)
+
+    def enqueue(self, event: AuditEvent) -> Future[int]:
+        """The future completes with the entry's sequence number once its batch has committed."""
         done: Future[int] = Future()
         self._queue.put((event, done))
-        return done.result(timeout=self.TIMEOUT_SECONDS)
+        return done
 
     def _run(self) -> None:
         while True:

@@ -17,11 +17,10 @@ from portal.web.errors import error_response
 @get(
     "/consent/decision",
     opt=access(Rule.integration, scopes=("consent:read",)),
-    sync_to_thread=True,
     summary="Consent decision for one patient, purpose and recipient",
     description="Answers permit or deny with the reason and the FHIR Consent reference; every call is audited.",
 )
-def consent_decision(
+async def consent_decision(
     request: Request[Principal, Any, Any],
     portal: PortalDep,
     patient: FromQuery[str] = "",
@@ -29,7 +28,7 @@ def consent_decision(
     recipient: FromQuery[str | None] = None,
 ) -> Response[Any]:
     try:
-        decision = portal.consent.decide(
+        decision = await portal.consent.decide_async(
             patient=patient, purpose=purpose, recipient=recipient, actor=f"integration:{request.user.subject_id}"
         )
     except DecisionInputError as exc:

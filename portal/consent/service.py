@@ -12,11 +12,12 @@ import hashlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio.to_thread
 import nh3
 from markdown_it import MarkdownIt
 from sqlalchemy import Select, and_, bindparam, func, select
@@ -24,12 +25,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.cache import TtlCache
+from portal.cache import Missing, TtlCache
 from portal.consent.defaults import DEFAULT_PURPOSES
 from portal.consent.fhir import consent_resource
 from portal.consent.models import ConsentDecision, ConsentEvent, ConsentPurpose, NoticeVersion
 from portal.consent.receipts import ReceiptFacts, build_receipt, sign_receipt
 from portal.db import Database, new_id, utcnow
+from portal.hot_reads import HotReads
 from portal.records.models import CategoryRestriction, PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.keystore import KeyStore
@@ -93,9 +95,11 @@ class ConsentService:
         origin: str,
         controller: str,
         contact: str,
+        hot: HotReads | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
+        self.hot = hot or HotReads(db)
         self.ledger = ledger
         self.records = records
         self.keys = keys
@@ -511,39 +515,47 @@ class ConsentService:
         The hot path of other systems: purposes and their current notices come from a short-lived
         cache, the patient's choice from one query, and the audit entry is group-committed.
         """
+        found, current = self._checked_question(patient, purpose, recipient, self._cached_purpose(purpose))
+        with self.db.lone_read() as conn:
+            row = conn.execute(_DECISION_FACTS, self._facts_params(patient, found)).first()
+        patient_id, restricted, result = self._answer(found, current, row)
+        if restricted and (categories := self._restricted_categories(patient_id, found)):
+            result = _restricted(found, categories, result.consent_reference)
+        self.ledger.record_grouped(_check_event(found, result, patient_id, actor, recipient))
+        return result
+
+    async def decide_async(self, *, patient: str, purpose: str, recipient: str | None, actor: str) -> Decision:
+        """``decide`` for the API on the event loop: its read and its ledger commit hold no worker thread."""
+        cached = self._purpose_cache.peek(purpose)
+        if isinstance(cached, Missing):
+            cached = await anyio.to_thread.run_sync(self._cached_purpose, purpose)
+        found, current = self._checked_question(patient, purpose, recipient, cached)
+        row = await self.hot.first(_DECISION_FACTS, self._facts_params(patient, found))
+        patient_id, restricted, result = self._answer(found, current, row)
+        if restricted and (
+            categories := await anyio.to_thread.run_sync(self._restricted_categories, patient_id, found)
+        ):
+            result = _restricted(found, categories, result.consent_reference)
+        await self.ledger.record_grouped_async(_check_event(found, result, patient_id, actor, recipient))
+        return result
+
+    def _cached_purpose(self, code: str) -> tuple[ConsentPurpose, NoticeVersion] | None:
+        return self._purpose_cache.get(code, lambda: self._load_purpose(code))
+
+    @staticmethod
+    def _checked_question(
+        patient: str, purpose: str, recipient: str | None, found: tuple[ConsentPurpose, NoticeVersion] | None
+    ) -> tuple[ConsentPurpose, NoticeVersion]:
+        """The purpose and its current notice, once the parameters are known to make sense."""
         if not patient.strip():
             raise DecisionInputError("patient", "the patient parameter is required")
         if not purpose.strip():
             raise DecisionInputError("purpose", "the purpose parameter is required")
-        cached = self._purpose_cache.get(purpose, lambda: self._load_purpose(purpose))
-        if cached is None:
+        if found is None:
             raise DecisionInputError("purpose", f"unknown purpose {purpose!r}")
-        found, current = cached
-        if recipient is not None and recipient not in found.recipient_list:
+        if recipient is not None and recipient not in found[0].recipient_list:
             raise DecisionInputError("recipient", f"{recipient!r} is not a recipient named by this purpose")
-        facts = self._decision_facts(patient, found)
-        if facts is None:
-            raise DecisionInputError("patient", "no patient has that identifier")
-        patient_id, state, seen_version, restrictions = facts
-        reference = consent_id(patient_id, purpose)
-        restricted = self._restricted_categories(patient_id, found) if restrictions else []
-        result = (
-            _restricted(found, restricted, reference)
-            if restricted
-            else _decision(found, state, seen_version, current, reference)
-        )
-        self.ledger.record_grouped(
-            AuditEvent(
-                action="consent.check",
-                actor=actor,
-                role="integration",
-                subject=patient_id,
-                object=f"purpose:{purpose}",
-                purpose=found.purpose_of_use,
-                details={"decision": result.decision, "recipient_given": recipient is not None},
-            )
-        )
-        return result
+        return found
 
     def _load_purpose(self, code: str) -> tuple[ConsentPurpose, NoticeVersion] | None:
         with self.db.read() as session:
@@ -552,16 +564,21 @@ class ConsentService:
                 return None
             return found, self.current_notice(session, code)
 
-    def _decision_facts(self, patient: str, purpose: ConsentPurpose) -> tuple[str, str | None, int | None, int] | None:
-        """(patient id, choice, notice version it was made under, restricted categories) in one statement.
-
-        None when no patient has the identifier ("system|value", or else an MRN)."""
+    def _facts_params(self, patient: str, purpose: ConsentPurpose) -> dict[str, str]:
+        """Parameters of ``_DECISION_FACTS``: the patient's identifier ("system|value", or else an MRN) as its
+        blind index, and the purpose."""
         system, sep, value = patient.rpartition("|")
         index = self.records.identifier_index(system, value) if sep else self.records.mrn_index(patient)
-        params = {"index": index, "purpose": purpose.code, "categories": purpose.category_list}
-        with self.db.lone_read() as conn:
-            row = conn.execute(_DECISION_FACTS, params).first()
-        return None if row is None else (row[0], row[1], row[2], row[3])
+        return {"index": index, "purpose": purpose.code}
+
+    @staticmethod
+    def _answer(found: ConsentPurpose, current: NoticeVersion, row: Sequence[Any] | None) -> tuple[str, bool, Decision]:
+        """(patient id, whether the patient has restricted categories to check, the answer from the choice)."""
+        if row is None:
+            raise DecisionInputError("patient", "no patient has that identifier")
+        patient_id, state, seen_version, restrictions = row
+        reference = consent_id(patient_id, found.code)
+        return patient_id, bool(restrictions), _decision(found, state, seen_version, current, reference)
 
     def _restricted_categories(self, patient_id: str, purpose: ConsentPurpose) -> list[str]:
         with self.db.read() as session:
@@ -604,13 +621,12 @@ class ConsentService:
 
 def _decision_facts_statement() -> Select[str, str | None, int | None, int]:
     # Built once: the decision API runs it on every call, and building it costs more than running it.
+    # Whether the patient restricted any category at all: rare, so the purpose's categories are
+    # compared in a second read only then, which keeps this statement free of list parameters.
     restrictions = (
         select(func.count())
         .select_from(CategoryRestriction)
-        .where(
-            CategoryRestriction.patient_id == PatientIdentifier.patient_id,
-            CategoryRestriction.category.in_(bindparam("categories", expanding=True)),
-        )
+        .where(CategoryRestriction.patient_id == PatientIdentifier.patient_id)
         .scalar_subquery()
     )
     return (
@@ -628,6 +644,20 @@ def _decision_facts_statement() -> Select[str, str | None, int | None, int]:
 
 
 _DECISION_FACTS = _decision_facts_statement()
+
+
+def _check_event(
+    purpose: ConsentPurpose, result: Decision, patient_id: str, actor: str, recipient: str | None
+) -> AuditEvent:
+    return AuditEvent(
+        action="consent.check",
+        actor=actor,
+        role="integration",
+        subject=patient_id,
+        object=f"purpose:{purpose.code}",
+        purpose=purpose.purpose_of_use,
+        details={"decision": result.decision, "recipient_given": recipient is not None},
+    )
 
 
 def consent_id(patient_id: str, code: str) -> str:

@@ -71,7 +71,8 @@ def is_allowed(principal: Principal | None, rules: frozenset[Rule]) -> bool:
     return bool(effective_roles(principal) & {rule.value for rule in rules})
 
 
-def enforce_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def enforce_access(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    # A coroutine although it awaits nothing: Litestar hands a plain function guard to a worker thread.
     rules = handler.opt.get(ACCESS_KEY)
     if rules is None:
         log.error("route.undeclared_access", handler=handler.handler_name)

@@ -341,3 +341,20 @@ def test_decision_api_needs_the_consent_scope(client: Client, portal: Portal) ->
     response = _decision(client, _token(portal, ("records:write",)), patient=mrn, purpose="reminders")
     assert response.status_code == 403
     assert json.loads(response.text)["status"] == 403
+
+
+def test_decision_api_denies_only_the_purposes_that_use_a_category_kept_by_law(client: Client, portal: Portal) -> None:
+    """After an erasure keeps "clinical" data by law, purposes using it are denied; the others still follow
+    the patient's choice (the decision statement flags any restriction, a second read compares categories)."""
+    mrn, _ = new_patient(portal, seed=779)
+    patient_id = portal.records.find_by_mrn(mrn)
+    assert patient_id is not None
+    (clinical,) = [item for item in portal.requests.eraser.plan(patient_id) if item.category == "clinical"]
+    portal.requests.eraser.restrict(patient_id, clinical, request_id="r-1")
+    token = _token(portal)
+    restricted = _decision(client, token, patient=mrn, purpose="hie-sharing").json()
+    assert restricted["decision"] == "deny" and "asked for erasure" in restricted["reason"]
+    untouched = _decision(client, token, patient=mrn, purpose="reminders").json()
+    assert untouched["decision"] == "deny" and "has not consented" in untouched["reason"]
+    portal.consent.change(patient_id, "reminders", "grant", channel="portal", actor=f"patient:{patient_id}")
+    assert _decision(client, token, patient=mrn, purpose="reminders").json()["decision"] == "permit"

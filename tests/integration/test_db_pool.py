@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import literal, select, text
 from sqlalchemy.exc import OperationalError
 
 from portal import db as portal_db
@@ -52,3 +54,23 @@ def test_a_connection_used_moments_ago_fails_one_request_and_the_pool_recovers(p
     for _ in range(3):  # the error invalidated the whole pool: every later checkout connects afresh
         with portal.db.lone_read() as conn:
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_the_event_loop_pool_retries_a_read_once_its_connections_were_dropped(portal: Portal) -> None:
+    """The decision API's reads (portal/hot_reads.py): after the server ended every connection, the
+    next read drops the broken ones and is answered on a fresh connection: no request fails."""
+    statement = select(literal(1).label("one"))
+
+    async def scenario() -> list[tuple[object, ...] | None]:
+        await portal.hot.open()
+        try:
+            assert portal.hot.on_event_loop
+            answers = [await portal.hot.first(statement, {})]
+            _drop_every_pooled_connection(portal)
+            answers += [await portal.hot.first(statement, {}) for _ in range(3)]
+            return answers
+        finally:
+            await portal.hot.close()
+
+    assert asyncio.run(scenario()) == [(1,)] * 4
+    assert not portal.hot.on_event_loop

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portal.cache import TtlCache
+from portal.cache import MISSING, TtlCache
 
 
 class Clock:
@@ -27,3 +27,13 @@ def test_a_value_is_loaded_once_while_fresh_and_again_once_stale() -> None:
     clock.now = 101.25
     assert cache.get("k", load) == 2
     assert loads == [100.0, 101.25]
+
+
+def test_peek_answers_only_fresh_values_and_never_loads() -> None:
+    clock = Clock()
+    cache: TtlCache[int | None] = TtlCache(1.0, clock)
+    assert cache.peek("k") is MISSING
+    assert cache.get("k", lambda: None) is None
+    assert cache.peek("k") is None  # a cached None is an answer (an unknown purpose), not a miss
+    clock.now = 101.25
+    assert cache.peek("k") is MISSING
