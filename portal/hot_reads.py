@@ -14,6 +14,7 @@ more, so a database restart costs no request.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Mapping
@@ -28,7 +29,6 @@ from portal.db import IDLE_PING_SECONDS, Database
 
 POOL_SIZE = 8
 AnySelect = Select[*tuple[Any, ...]]
-OPEN_TIMEOUT_SECONDS = 10.0
 
 
 class HotReads:
@@ -36,6 +36,7 @@ class HotReads:
         self.db = db
         self.size = size
         self._pool: AsyncConnectionPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sql: dict[int, tuple[str, dict[str, Any]]] = {}
         self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
@@ -44,7 +45,11 @@ class HotReads:
         return self._pool is not None
 
     async def open(self) -> None:
-        """Start the pool (PostgreSQL only); call from the event loop that will serve the reads."""
+        """Start the pool (PostgreSQL only) on the running event loop, which then owns it.
+
+        An asyncio pool works only on its own loop, so reads on any other loop (a second app on the
+        same services, as in tests) take the worker-thread path instead.
+        """
         if self.db.is_sqlite or self._pool is not None:
             return
         conninfo = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -58,23 +63,30 @@ class HotReads:
             name="hot-reads",
             open=False,
         )
-        await pool.open(wait=True, timeout=OPEN_TIMEOUT_SECONDS)
-        self._pool = pool
+        # Not waiting for the connections: a database that is down at start-up shows in /readyz and
+        # delays these reads, rather than keeping the web process from starting.
+        await pool.open(wait=False)
+        self._pool, self._loop = pool, asyncio.get_running_loop()
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        """Close the pool, when called on the loop that opened it."""
+        if self._pool is None or not self._owns_running_loop():
+            return
+        pool, self._pool, self._loop = self._pool, None, None
+        await pool.close()
 
     async def first(self, statement: AnySelect, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a read-only statement, or None."""
-        if self._pool is None:
+        if self._pool is None or not self._owns_running_loop():
             return await anyio.to_thread.run_sync(self._first_in_thread, statement, params)
         try:
             return await self._first_on_pool(self._pool, statement, params)
         except psycopg.OperationalError:
             await self._pool.check()
             return await self._first_on_pool(self._pool, statement, params)
+
+    def _owns_running_loop(self) -> bool:
+        return asyncio.get_running_loop() is self._loop
 
     async def _first_on_pool(
         self, pool: AsyncConnectionPool, statement: AnySelect, params: Mapping[str, Any]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import psycopg
 import pytest
+from anyio.from_thread import start_blocking_portal
 from sqlalchemy import literal, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -72,5 +71,21 @@ def test_the_event_loop_pool_retries_a_read_once_its_connections_were_dropped(po
         finally:
             await portal.hot.close()
 
-    assert asyncio.run(scenario()) == [(1,)] * 4
+    with start_blocking_portal() as loop:  # its own loop, whatever else runs in this thread
+        assert loop.call(scenario) == [(1,)] * 4
+    assert not portal.hot.on_event_loop
+
+
+def test_a_second_event_loop_reads_through_a_worker_thread_and_cannot_close_the_pool(portal: Portal) -> None:
+    """An asyncio pool serves only the loop that opened it (two apps on one set of services, as in tests)."""
+    statement = select(literal(1).label("one"))
+    with start_blocking_portal() as owner, start_blocking_portal() as other:
+        owner.call(portal.hot.open)
+        try:
+            assert other.call(portal.hot.first, statement, {}) == (1,)
+            other.call(portal.hot.close)
+            assert portal.hot.on_event_loop
+            assert owner.call(portal.hot.first, statement, {}) == (1,)
+        finally:
+            owner.call(portal.hot.close)
     assert not portal.hot.on_event_loop
