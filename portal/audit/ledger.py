@@ -388,15 +388,20 @@ class _GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # A caller that gave up (its wait timed out and cancelled the future) is not answered, but
+            # its check still happened and is still recorded.
+            waiting = [done.set_running_or_notify_cancel() for _event, done in batch]
             try:
                 with self._ledger.db.write() as session:
                     seqs = self._ledger.append_many(session, [event for event, _done in batch])
             except Exception as exc:
-                for _event, done in batch:
-                    done.set_exception(exc)
+                for (_event, done), answer in zip(batch, waiting, strict=True):
+                    if answer:
+                        done.set_exception(exc)
                 continue
-            for (_event, done), seq in zip(batch, seqs, strict=True):
-                done.set_result(seq)
+            for (_event, done), answer, seq in zip(batch, waiting, seqs, strict=True):
+                if answer:
+                    done.set_result(seq)
 
 
 def _batch_is_sound(first: int, rows: list[Any], entries: list[bytes], leaves: list[bytes], prev: bytes) -> bool:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
+from anyio.from_thread import start_blocking_portal
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
 
 from portal.audit import merkle
 from portal.audit.checkpoint import verify_checkpoint
-from portal.audit.ledger import AuditEvent
+from portal.audit.ledger import AuditEvent, Ledger
 from portal.container import Portal
 
 
@@ -189,3 +193,43 @@ def test_entries_deleted_from_the_end_are_named(portal: Portal) -> None:
     with _triggers_off(portal), portal.db.engine.begin() as conn:
         conn.execute(text("DELETE FROM ledger_entries WHERE seq >= 8"))
     assert _problems(portal)[0] == "entries 8 to 9 are missing (deleted from the end)"
+
+
+def test_a_caller_that_gave_up_waiting_neither_stops_the_group_commit_nor_loses_its_entry(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision API awaits its group-committed entry with a timeout; a timed-out wait cancels its
+    future. The committer must skip answering it (answering a cancelled future raises), keep running for
+    everyone else, and still record the check."""
+    gate, appending = threading.Event(), threading.Event()
+    append_many = Ledger.append_many
+
+    def held_first_batch(self: Ledger, session: Session, events: Sequence[AuditEvent]) -> list[int]:
+        appending.set()
+        assert gate.wait(10)
+        return append_many(self, session, events)
+
+    monkeypatch.setattr(Ledger, "append_many", held_first_batch)
+    first = threading.Thread(target=portal.ledger.record_grouped, args=(AuditEvent(action="test.first", actor="t"),))
+    first.start()
+    assert appending.wait(10)  # the committer is inside the first batch: the next event waits in its queue
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await portal.ledger.record_grouped_async(AuditEvent(action="test.abandoned", actor="t"))
+
+    with start_blocking_portal() as loop:  # its own loop, whatever else runs in this thread
+        loop.call(give_up)
+    monkeypatch.setattr(Ledger, "append_many", append_many)
+    gate.set()
+    first.join(10)
+    later = portal.ledger.record_grouped(AuditEvent(action="test.later", actor="t"))
+    actions = [json.loads(row)["action"] for row in _entries(portal)]
+    assert actions[-3:] == ["test.first", "test.abandoned", "test.later"]
+    assert later == len(actions) - 1
+
+
+def _entries(portal: Portal) -> list[str]:
+    with portal.db.read() as session:
+        return list(session.scalars(text("SELECT entry FROM ledger_entries ORDER BY seq")))
