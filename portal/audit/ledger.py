@@ -24,16 +24,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, insert, select, update
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from portal.audit import merkle
 from portal.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string, verify_checkpoint
+from portal.audit.scan import GENESIS, RowSource, chained, default_workers, scan_ledger
 from portal.db import Base, Database, UTCDateTime, utcnow
 
 ENTRY_VERSION = 1
-GENESIS = bytes(32)
 READ_BATCH = 50_000
 
 
@@ -44,7 +44,7 @@ class LedgerEntry(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     entry: Mapped[bytes] = mapped_column(LargeBinary)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    # Copies of entry fields for queries (a patient's security activity); verify checks them.
+    # Copies of entry fields to select by (a patient's security activity); what is shown is the entry itself.
     subject: Mapped[str | None] = mapped_column(String(36), nullable=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -115,6 +115,19 @@ def encode_entry(seq: int, when: datetime, prev: bytes, event: AuditEvent) -> by
         "payload_sha256": payload_hash(event.payload) if event.payload is not None else None,
     }
     return canonical_json(document)
+
+
+@dataclass(frozen=True)
+class _HeadSnapshot:
+    size: int
+    last_leaf: bytes
+    top_seq: int | None  # the highest sequence number stored, at the same moment
+
+    def stored_entries(self) -> int:
+        return 0 if self.top_seq is None else self.top_seq + 1
+
+    def agrees_with(self, entries: int, last_leaf: bytes) -> bool:
+        return self.size == entries == self.stored_entries() and self.last_leaf == last_leaf
 
 
 @dataclass
@@ -292,19 +305,44 @@ class Ledger:
 
     # ------------------------------------------------------------------ verification
 
-    def verify(self) -> VerifyReport:
+    def verify(self, workers: int | None = None) -> VerifyReport:
         """Recompute everything from the rows; name the first bad entry and any bad checkpoint.
 
-        Works a batch at a time: leaves are hashed once, the sequence, stored leaves and hash chain
-        are checked on the bytes, and the tree grows by whole runs. Only when a batch fails is it
-        walked entry by entry, to name the first bad one.
+        Spans of entries are recomputed in parallel (``portal.audit.scan``). Only when something
+        does not add up is the ledger walked again, entry by entry, to name what is wrong.
         """
-        report = VerifyReport()
+        # Checkpoints are read before the head, so none is newer than the entries being verified.
         checkpoints = self.checkpoints()
+        head = self._head_snapshot()
+        scan = scan_ledger(
+            RowSource.of(self.db),
+            head.size,
+            [c.tree_size for c in checkpoints],
+            default_workers() if workers is None else workers,
+        )
+        if not (scan.sound and head.agrees_with(scan.size, scan.last_leaf)):
+            return self._walk(checkpoints, head)
+        report = VerifyReport(entries=scan.size)
+        report.checks.append(f"recomputed {scan.size} leaf hashes and the hash chain")
+        self._verify_checkpoints(checkpoints, scan.roots, report)
+        return report
+
+    def _head_snapshot(self) -> _HeadSnapshot:
+        """The head row and the highest stored sequence number, read in one statement."""
+        top = select(func.max(LedgerEntry.seq)).scalar_subquery()
+        with self.db.read() as session:
+            row = session.execute(select(LedgerHead.size, LedgerHead.last_leaf, top).where(LedgerHead.id == 1)).first()
+        if row is None:
+            return _HeadSnapshot(0, GENESIS, None)
+        return _HeadSnapshot(row[0], bytes(row[1]), row[2])
+
+    def _walk(self, checkpoints: list[LedgerCheckpoint], head: _HeadSnapshot) -> VerifyReport:
+        """Verify batch by batch, walking a batch that fails entry by entry to name its first bad entry."""
+        report = VerifyReport()
         pending = sorted(c.tree_size for c in checkpoints)
         tree = merkle.CompactRange()
         prev = GENESIS
-        roots: dict[int, bytes] = {}
+        roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT} if pending and pending[0] == 0 else {}
         for batch in self._batches(LedgerEntry.entry, LedgerEntry.leaf_hash):
             entries = [bytes(row[1]) for row in batch]
             leaves = merkle.leaf_hashes(entries)
@@ -318,11 +356,16 @@ class Ledger:
             tree.extend(leaves[tree.size - start :])
             prev = leaves[-1]
         report.entries = tree.size
-        head_size = self.size()
-        if head_size > tree.size and not report.problems:
-            report.problems.append(f"entries {tree.size} to {head_size - 1} are missing (deleted from the end)")
-        elif head_size != tree.size and not report.problems:
-            report.problems.append(f"the ledger head says {head_size} entries but {tree.size} are stored")
+        stored = head.stored_entries()
+        if not report.problems:
+            if head.size > stored:
+                report.problems.append(f"entries {stored} to {head.size - 1} are missing (deleted from the end)")
+            elif head.size != stored:
+                report.problems.append(f"the ledger head says {head.size} entries but {stored} are stored")
+            elif head.last_leaf != prev:
+                report.problems.append(
+                    f"the ledger head's last leaf hash is not entry {head.size - 1}'s (the head was altered)"
+                )
         report.checks.append(f"recomputed {tree.size} leaf hashes and the hash chain")
         self._verify_checkpoints(checkpoints, roots, report)
         return report
@@ -405,25 +448,12 @@ class _GroupCommitter:
 
 
 def _batch_is_sound(first: int, rows: list[Any], entries: list[bytes], leaves: list[bytes], prev: bytes) -> bool:
-    """True when every row of the batch is exactly where and what it should be (checked on the bytes).
-
-    Entries are canonical JSON with sorted keys, so the top-level "prev" and "seq" are the last
-    occurrences of those keys (nested details come earlier, and string values cannot hold an
-    unescaped quote); no JSON needs parsing on this path.
-    """
-    seqs = [row[0] for row in rows]
-    if seqs != list(range(first, first + len(seqs))):
+    """True when every row of the batch is exactly where and what it should be (checked on the bytes)."""
+    if [row[0] for row in rows] != list(range(first, first + len(rows))):
         return False
-    if any(leaf != bytes(row[2]) for leaf, row in zip(leaves, rows, strict=True)):
+    if leaves != [bytes(row[2]) for row in rows]:
         return False
-    previous = [prev, *leaves[:-1]]
-    for seq, entry, before in zip(seqs, entries, previous, strict=True):
-        at = entry.rfind(b'"prev":"')
-        if at < 0 or entry[at + 8 : at + 72] != before.hex().encode():
-            return False
-        if entry.rfind(b'"seq":') != entry.rfind(b'"seq":%d,' % seq):
-            return False
-    return True
+    return chained(first, entries, [prev, *leaves[:-1]])
 
 
 def _first_problem(first: int, rows: list[Any], leaves: list[bytes], prev: bytes) -> str:

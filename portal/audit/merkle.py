@@ -416,6 +416,31 @@ class CompactRange:
             raise ValueError("tree size would exceed 2**64 - 1")
         self._nodes, self._size = nodes, size
 
+    def append_range(self, other: CompactRange) -> None:
+        """Append the leaves ``other`` covers, knowing only its frontier.
+
+        ``other`` is the compact range of the leaves that follow this tree's, counted from zero.
+        Its perfect subtrees are subtrees of the joined tree only when this tree's size is a
+        multiple of the largest of them, as for ranges that start at a multiple of a power of two
+        at least as long as themselves; anything else is refused.
+        """
+        heights = [h for h in range(other._size.bit_length() - 1, -1, -1) if other._size >> h & 1]
+        if heights and self._size % (1 << heights[0]):
+            raise ValueError(f"a range of {other._size} leaves is not aligned at tree size {self._size}")
+        if self._size + other._size > _MAX_SIZE:
+            raise ValueError("tree size would exceed 2**64 - 1")
+        nodes = list(self._nodes)
+        size = self._size
+        for height, subtree in zip(heights, other._nodes, strict=True):
+            size += 1 << height
+            carry = size >> height
+            node = subtree
+            while not carry & 1:
+                node = _sha256(_NODE_PREFIX + nodes.pop() + node).digest()
+                carry >>= 1
+            nodes.append(node)
+        self._nodes, self._size = nodes, size
+
     def root(self) -> bytes:
         return _fold_right(self._nodes)
 

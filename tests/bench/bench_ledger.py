@@ -1,6 +1,6 @@
 """Benchmark of the audit ledger (a script, not a pytest test).
 
-    .venv/bin/python -m tests.bench.bench_ledger [--pg] [--entries N] [--profile auto|always|never]
+    .venv/bin/python -m tests.bench.bench_ledger [--pg] [--entries N]
 
 Prints one ``ledger.<backend>.<figure>=<value>`` line per figure, with ``#`` lines for context:
 
@@ -9,8 +9,8 @@ Prints one ``ledger.<backend>.<figure>=<value>`` line per figure, with ``#`` lin
 2. verification of an ``--entries``-entry ledger (filled with ``append_many`` in batches of
    10,000, then checkpointed), against two baselines measured in the same run: a bare
    ``sha256(b"\\x00" + entry)`` loop over the entries in memory, and reading the same rows in the
-   ledger's 50,000-row batches plus that loop. When verify is over 2x the bare loop it is profiled
-   (over its first 200,000 entries); a batched sketch of its checks is timed for comparison;
+   ledger's 50,000-row batches plus that loop. Verify runs with one worker process per core (its
+   wall and CPU time are both printed), then once more in this process alone;
 3. inclusion proofs for 1,000 random entries: loading the tree, per-proof generation and
    verification against the signed checkpoint's root;
 4. peak memory of each phase and of the run.
@@ -23,17 +23,17 @@ import gc
 import hashlib
 import json
 import random
+import resource
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
-from unittest import mock
 
 from sqlalchemy import Row, select
 
 from portal.audit import merkle
-from portal.audit.ledger import GENESIS, READ_BATCH, AuditEvent, LedgerEntry
+from portal.audit.ledger import READ_BATCH, AuditEvent, LedgerEntry, VerifyReport
+from portal.audit.scan import default_workers
 from portal.container import Portal
 from tests.bench._common import (
     BenchPortal,
@@ -45,7 +45,6 @@ from tests.bench._common import (
     median,
     percentile,
     phase_memory,
-    profile,
     server_version,
     timed,
 )
@@ -53,7 +52,6 @@ from tests.bench._common import (
 APPEND_BATCH = 1_000
 FILL_BATCH = 10_000
 VERIFY_GOAL = 2.0  # verify within 2x a bare sha256 loop over the same entries
-PROFILE_ENTRIES = 200_000  # verify is profiled over this many entries (its per-entry work is uniform)
 
 
 def make_events(rng: random.Random, count: int) -> list[AuditEvent]:
@@ -150,25 +148,44 @@ def read_batches(portal: Portal) -> Iterator[Sequence[Row[int, bytes, bytes]]]:
         last = rows[-1][0]
 
 
-def bench_verify(portal: Portal, out: Reporter, profile_mode: str) -> None:
+def timed_verify(portal: Portal, workers: int) -> tuple[float, float, VerifyReport]:
+    """Wall seconds, CPU seconds (this process and its worker processes) and the report."""
+    before = cpu_seconds()
+    elapsed, report = timed(lambda: portal.ledger.verify(workers=workers))
+    return elapsed, cpu_seconds() - before, report
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bench_verify(portal: Portal, out: Reporter) -> None:
     ledger = portal.ledger
     elapsed, checkpoint = timed(ledger.checkpoint)
     out.figure("checkpoint_seconds", elapsed)
     out.figure("checkpoint_tree_size", checkpoint.tree_size)
 
+    workers = default_workers()
     gc.collect()
     with phase_memory() as memory:
-        verify_seconds, report = timed(ledger.verify)
+        verify_seconds, verify_cpu, report = timed_verify(portal, workers)
     out.figure("verify_ok", report.ok)
     out.figure("verify_entries", report.entries)
     out.figure("verify_checkpoints", report.checkpoints)
     if not report.ok:
         out.note("verify problems: " + "; ".join(report.problems[:3]))
+    out.figure("verify_workers", workers)
     out.figure("verify_seconds", verify_seconds)
+    out.figure("verify_cpu_seconds_all_processes", verify_cpu)
     out.figure("verify_us_per_entry", verify_seconds / max(1, report.entries) * 1e6)
     out.figure("verify_peak_rss_over_start_mib", memory["peak_over_start_mib"])
+    out.figure("verify_worker_peak_rss_mib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     # The process peak so far: filling, checkpointing and verifying (before any in-memory baseline).
     out.figure("peak_rss_through_verify_mib", lifetime_peak_rss_mib())
+    one_seconds, _cpu, one_report = timed_verify(portal, 1)
+    out.figure("verify_one_process_seconds", one_seconds)
+    out.figure("verify_one_process_ok", one_report.ok)
 
     # Baseline (b): the same rows in the same batches, plus the bare leaf-hash loop (best of 2;
     # verify is timed once, so the ratio leans against verify rather than for it).
@@ -193,83 +210,13 @@ def bench_verify(portal: Portal, out: Reporter, profile_mode: str) -> None:
     out.figure("baseline_db_read_plus_sha256_seconds", db_read_hash_seconds)
     ratio = verify_seconds / sha_seconds
     out.figure("ratio_vs_sha256_loop", ratio)
+    out.figure("cpu_ratio_vs_sha256_loop", verify_cpu / sha_seconds)
+    out.figure("one_process_ratio_vs_sha256_loop", one_seconds / sha_seconds)
     out.figure("ratio_vs_db_read_plus_sha256", verify_seconds / db_read_hash_seconds)
     out.figure("verify_within_goal_2x_sha256_loop", ratio <= VERIFY_GOAL)
     for name, seconds in parts.items():
         out.figure(f"component_{name}_seconds", seconds)
     gc.collect()
-
-    # Not portal code: a sketch of a batched verify, to size the suggestions in the README/issue.
-    sketch_seconds, (sketch_ok, sketch_roots) = timed(lambda: sketch_batched_verify(portal, [checkpoint.tree_size]))
-    out.figure("sketch_batched_verify_seconds", sketch_seconds)
-    out.figure("sketch_batched_verify_ok", sketch_ok and sketch_roots.get(checkpoint.tree_size) == checkpoint.root_hash)
-    out.figure("sketch_ratio_vs_sha256_loop", sketch_seconds / sha_seconds)
-    out.figure("sketch_ratio_vs_db_read_plus_sha256", sketch_seconds / db_read_hash_seconds)
-
-    if profile_mode == "always" or (profile_mode == "auto" and ratio > VERIFY_GOAL):
-        table, profiled = profile_verify(portal, PROFILE_ENTRIES)
-        out.note(f"cProfile of Ledger.verify over its first {profiled:_} entries, top functions by own time:")
-        out.note(table)
-
-
-def profile_verify(portal: Portal, limit: int) -> tuple[str, int]:
-    """Profile ``verify`` over its first ``limit`` rows only (its work is the same for every entry).
-
-    The rows it reads are cut off after ``limit``, so that run's report is meaningless (a short
-    ledger) and is dropped; profiling the whole ledger would take ~2.5x a verify on its own.
-    """
-    ledger = portal.ledger
-    original = ledger._rows
-    seen = 0
-
-    def first_rows(*columns: Any, start: int = 0, end: int | None = None) -> Iterator[Any]:
-        nonlocal seen
-        rows = original(*columns, start=start, end=end)
-        while seen < limit:  # checked before pulling a row, so no batch past the limit is read
-            row = next(rows, None)
-            if row is None:
-                return
-            seen += 1
-            yield row
-
-    with mock.patch.object(ledger, "_rows", first_rows):
-        _report, table = profile(ledger.verify, top=14)
-    return table, seen
-
-
-def sketch_batched_verify(portal: Portal, checkpoint_sizes: list[int]) -> tuple[bool, dict[int, bytes]]:
-    """The checks of ``Ledger.verify`` done a batch at a time; a measuring aid, not a verifier.
-
-    Sequence numbers, stored leaf hashes and the hash chain are compared a batch at a time; the
-    ``seq`` and ``prev`` inside each entry are read from the canonical JSON's bytes (sorted keys:
-    both are top-level keys after ``details``, so their last occurrence is the top-level one)
-    instead of ``json.loads``; the tree grows with ``CompactRange.extend``, split at checkpoints.
-    Unlike ``verify`` it does not check that each entry parses as JSON, nor name the bad entry.
-    """
-    tree = merkle.CompactRange()
-    prev = GENESIS
-    ok = True
-    roots: dict[int, bytes] = {}
-    wanted = sorted(checkpoint_sizes)
-    for rows in read_batches(portal):
-        start = tree.size
-        seqs, entries, stored = zip(*rows, strict=True)
-        leaves = merkle.leaf_hashes(entries)
-        ok = ok and seqs == tuple(range(start, start + len(rows))) and leaves == list(stored)
-        for seq, entry, before in zip(seqs, entries, [prev, *leaves[:-1]], strict=True):
-            at = entry.rfind(b',"prev":"') + 9
-            ok = ok and entry[at : at + 64] == before.hex().encode()
-            at = entry.rfind(b',"seq":') + 7
-            ok = ok and entry[at : entry.index(b",", at)] == str(seq).encode()
-        cut = 0
-        for size in wanted:
-            if start < size <= start + len(leaves):
-                tree.extend(leaves[cut : size - start])
-                cut = size - start
-                roots[size] = tree.root()
-        tree.extend(leaves[cut:])
-        prev = leaves[-1]
-    return ok and tree.size == portal.ledger.size(), roots
 
 
 def in_memory_baselines(portal: Portal, out: Reporter) -> tuple[float, dict[str, float]]:
@@ -378,7 +325,7 @@ def run(bench: BenchPortal, args: argparse.Namespace) -> int:
 
     bench_appends(portal, out, rng, args.append_batches, args.records)
     fill(portal, out, rng, args.entries)
-    bench_verify(portal, out, args.profile)
+    bench_verify(portal, out)
     proofs_ok = bench_proofs(portal, out, rng, args.proofs)
 
     # Includes baseline (a), which holds every entry in memory at once; verify itself streams.
@@ -396,12 +343,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--append-batches", type=int, default=20, help="batches of 1,000 for append_many")
     parser.add_argument("--records", type=int, default=2_000, help="single record() calls (at most 30 s)")
     parser.add_argument("--proofs", type=int, default=1_000, help="random inclusion proofs")
-    parser.add_argument(
-        "--profile",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="profile verify: auto = only when over 2x the sha256 loop",
-    )
     parser.add_argument("--seed", type=int, default=20261101)
     args = parser.parse_args(argv)
     if args.entries < 1 or args.append_batches < 1 or args.records < 1 or args.proofs < 1:

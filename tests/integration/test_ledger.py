@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from portal.audit import merkle
+from portal.audit import merkle, scan
 from portal.audit.checkpoint import verify_checkpoint
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.container import Portal
@@ -122,17 +122,22 @@ def test_edited_entry_is_named(portal: Portal) -> None:
     assert _problems(portal)[0] == "entry 7 does not match its stored leaf hash (edited)"
 
 
-def test_edit_with_recomputed_leaf_is_named_by_the_chain_and_the_checkpoint(portal: Portal) -> None:
-    _fill(portal, 20)
-    portal.ledger.checkpoint()
-    doc = _entry(portal, 7)
-    doc["purpose"] = "HMARKT"
+def _rewrite_with_its_leaf(portal: Portal, seq: int, field: str, value: str) -> None:
+    """Edit one entry and store the matching leaf hash, as a careful attacker would."""
+    doc = _entry(portal, seq)
+    doc[field] = value
     edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     with _triggers_off(portal), portal.db.engine.begin() as conn:
         conn.execute(
-            text("UPDATE ledger_entries SET entry = :e, leaf_hash = :h WHERE seq = 7"),
-            {"e": edited, "h": merkle.leaf_hash(edited)},
+            text("UPDATE ledger_entries SET entry = :e, leaf_hash = :h WHERE seq = :s"),
+            {"e": edited, "h": merkle.leaf_hash(edited), "s": seq},
         )
+
+
+def test_edit_with_recomputed_leaf_is_named_by_the_chain_and_the_checkpoint(portal: Portal) -> None:
+    _fill(portal, 20)
+    portal.ledger.checkpoint()
+    _rewrite_with_its_leaf(portal, 7, "purpose", "HMARKT")
     problems = _problems(portal)
     assert problems[0].startswith("the chain breaks at entry 8: entry 7 was altered")
     assert any("history was rewritten" in p for p in problems)
@@ -233,3 +238,71 @@ def test_a_caller_that_gave_up_waiting_neither_stops_the_group_commit_nor_loses_
 def _entries(portal: Portal) -> list[str]:
     with portal.db.read() as session:
         return list(session.scalars(text("SELECT entry FROM ledger_entries ORDER BY seq")))
+
+
+@pytest.fixture
+def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans of 8 entries read 3 at a time, so a few dozen entries cross many span and batch edges."""
+    monkeypatch.setattr(scan, "SPAN", 8)
+    monkeypatch.setattr(scan, "BATCH", 3)
+
+
+@pytest.mark.usefixtures("small_spans")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_in_spans_recomputes_every_checkpoint_root(
+    portal: Portal, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_walk(*_args: object) -> None:
+        raise AssertionError("a sound ledger is verified from its spans alone, without the entry-by-entry walk")
+
+    monkeypatch.setattr(Ledger, "_walk", no_walk)
+    for count in (5, 3, 16, 9, 20):  # checkpoints at 5, 8 (a span edge), 24, 33 and 53
+        _fill(portal, count)
+        portal.ledger.checkpoint()
+    _fill(portal, 4)
+    report = portal.ledger.verify(workers=workers)
+    assert report.ok, report.problems
+    assert (report.entries, report.checkpoints) == (57, 5)
+
+
+@pytest.mark.usefixtures("small_spans")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_in_spans_names_an_edit_in_a_late_span(portal: Portal, workers: int) -> None:
+    _fill(portal, 40)
+    portal.ledger.checkpoint()
+    _rewrite_with_its_leaf(portal, 29, "actor", "staff:someone-else")
+    report = portal.ledger.verify(workers=workers)
+    assert report.problems[0].startswith("the chain breaks at entry 30: entry 29 was altered")
+    assert any("history was rewritten" in p for p in report.problems)
+
+
+def test_an_altered_ledger_head_is_named(portal: Portal) -> None:
+    _fill(portal, 12)
+    with portal.db.engine.begin() as conn:
+        conn.execute(text("UPDATE ledger_head SET last_leaf = :h"), {"h": bytes(32)})
+    assert _problems(portal) == ["the ledger head's last leaf hash is not entry 11's (the head was altered)"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e.replace(b'"seq":3,', b'"seq":4,'),
+        lambda e: e.replace(b"ab" * 32, b"cd" * 32),
+        lambda e: e.replace(b"ab" * 32, b"cd" * 32).replace(b'"details":{}', b'"details":{"prev":"%s"}' % (b"ab" * 32)),
+        lambda e: e.replace(b'"details":{}', b'"details":{"seq":3}').replace(b',"seq":3,', b',"seq":5,'),
+        lambda e: e.replace(b',"seq":3,', b',"seq":3 ,'),
+        lambda e: e.replace(b'"prev":', b'"prov":'),
+    ],
+    ids=["wrong seq", "wrong prev", "right prev only nested", "right seq only nested", "padded seq", "no prev"],
+)
+def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[bytes], bytes]) -> None:
+    ledger_like = [
+        b'{"details":{},"prev":"%s","purpose":null,"seq":%d,"subject":null}' % (b"ab" * 32, i) for i in range(6)
+    ]
+    previous = [bytes.fromhex("ab" * 32)] * 6
+    assert scan.chained(0, ledger_like, previous)
+    nested = ledger_like[3].replace(b'"details":{}', b'"details":{"prev":"x","seq":1}')
+    assert scan.chained(0, [*ledger_like[:3], nested, *ledger_like[4:]], previous), "nested keys are not the entry's"
+    damaged = [*ledger_like[:3], damage(ledger_like[3]), *ledger_like[4:]]
+    assert damaged[3] != ledger_like[3]
+    assert not scan.chained(0, damaged, previous)

@@ -778,3 +778,30 @@ def test_module_is_self_contained() -> None:
     # Shipped verbatim in evidence packs: standard library only.
     imports = top_level_imports(Path(merkle.__file__))
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}, imports
+
+
+@pytest.mark.parametrize(("before", "after"), [(0, 0), (0, 13), (8, 8), (16, 5), (64, 64), (96, 31), (4, 3)])
+def test_appending_an_aligned_range_by_its_frontier_equals_appending_its_leaves(before: int, after: int) -> None:
+    leaves = [merkle.leaf_hash(b"%d" % i) for i in range(before + after)]
+    joined = merkle.CompactRange()
+    joined.extend(leaves[:before])
+    part = merkle.CompactRange()
+    part.extend(leaves[before:])
+    joined.append_range(part)
+    assert joined.size == before + after
+    assert joined.root() == merkle.root_from_leaf_hashes(leaves)
+    assert joined.frontier == _compact(leaves).frontier
+
+
+def test_a_range_that_is_not_aligned_is_refused() -> None:
+    tree = _compact([merkle.leaf_hash(b"a")] * 6)
+    part = _compact([merkle.leaf_hash(b"b")] * 4)
+    with pytest.raises(ValueError, match="not aligned"):
+        tree.append_range(part)
+    assert tree.size == 6
+
+
+def _compact(leaves: list[bytes]) -> merkle.CompactRange:
+    cr = merkle.CompactRange()
+    cr.extend(leaves)
+    return cr

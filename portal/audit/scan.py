@@ -1,0 +1,195 @@
+"""Recompute the ledger's leaves, byte checks and Merkle tree over spans of entries, in parallel.
+
+Verifying a million entries is CPU-bound Python: a leaf hash, a chain check and a tree node per
+entry. The entries are cut into spans that start at multiples of ``SPAN`` (a power of two) and
+hold at most ``SPAN`` entries, so a span's perfect subtrees are perfect subtrees of the whole
+tree: worker processes scan spans independently, each through its own read-only connection, and
+the caller joins their compact ranges in order. A span reports only whether it is sound; naming
+the first bad entry is left to the ledger's entry-by-entry walk, which runs only when one is not.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from portal.audit import merkle
+
+if TYPE_CHECKING:
+    from portal.db import Database
+
+GENESIS = bytes(32)
+SPAN = 1 << 15
+BATCH = 1 << 13  # rows per query, so a worker holds a few megabytes at a time
+
+# (a span's rows, one stored leaf) on the table of portal.audit.ledger.LedgerEntry, per driver.
+_SQLITE_SQL = (
+    "SELECT entry, leaf_hash FROM ledger_entries WHERE seq >= ? AND seq < ? ORDER BY seq",
+    "SELECT leaf_hash FROM ledger_entries WHERE seq = ?",
+)
+_PSYCOPG_SQL = (
+    "SELECT entry, leaf_hash FROM ledger_entries WHERE seq >= %s AND seq < %s ORDER BY seq",
+    "SELECT leaf_hash FROM ledger_entries WHERE seq = %s",
+)
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """How a worker process opens its own read-only connection to the main database."""
+
+    sqlite_path: str | None = None
+    conninfo: str | None = None
+
+    @classmethod
+    def of(cls, db: Database) -> RowSource:
+        url = db.engine.url
+        if db.is_sqlite:
+            return cls(sqlite_path=url.database)
+        return cls(conninfo=url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+    def connect(self) -> Any:
+        if self.sqlite_path is not None:
+            return sqlite3.connect(Path(self.sqlite_path).as_uri() + "?mode=ro", uri=True)
+        import psycopg  # only the PostgreSQL deployment has it loaded
+
+        return psycopg.connect(self.conninfo or "", autocommit=True)
+
+    @property
+    def _sql(self) -> tuple[str, str]:
+        return _SQLITE_SQL if self.sqlite_path is not None else _PSYCOPG_SQL
+
+    def span_rows(self, conn: Any, start: int, end: int) -> tuple[list[bytes], list[bytes]]:
+        """The entries and stored leaf hashes of ``start <= seq < end``, in sequence order."""
+        rows = _cursor(conn).execute(self._sql[0], (start, end)).fetchall()
+        return [row[0] for row in rows], [row[1] for row in rows]
+
+    def stored_leaf(self, conn: Any, seq: int) -> bytes | None:
+        row = _cursor(conn).execute(self._sql[1], (seq,)).fetchone()
+        return bytes(row[0]) if row else None
+
+
+def _cursor(conn: Any) -> Any:
+    # A binary cursor hands PostgreSQL's bytea over as raw bytes, without decoding hex text.
+    return conn.cursor() if isinstance(conn, sqlite3.Connection) else conn.cursor(binary=True)
+
+
+def chained(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes]) -> bool:
+    """True when entry i carries sequence ``first_seq + i`` and the leaf hash ``previous[i]``.
+
+    Checked on the bytes, a whole batch per C call where possible. Entries are canonical JSON with
+    sorted keys, so the top-level "prev" and "seq" are the last occurrences of those keys (nested
+    details come earlier, and string values cannot hold an unescaped quote); "seq" is always
+    followed by "subject".
+    """
+    at = list(map(bytes.rfind, entries, repeat(b'"prev":"')))
+    if -1 in at:
+        return False
+    written = b"".join([entry[i + 8 : i + 72] for entry, i in zip(entries, at, strict=True)])
+    if written != b"".join(previous).hex().encode():
+        return False
+    at = list(map(bytes.rfind, entries, repeat(b',"seq":')))
+    if -1 in at:
+        return False
+    # Each piece stops at its first comma, so a piece holding anything but the number cannot match.
+    numbers = b",".join([entry[i + 7 : entry.find(b",", i + 7)] for entry, i in zip(entries, at, strict=True)])
+    return numbers == ",".join(map(str, range(first_seq, first_seq + len(entries)))).encode()
+
+
+@dataclass
+class SpanScan:
+    """What one span's entries recompute to, for entries ``start <= seq < end``."""
+
+    start: int
+    end: int
+    sound: bool = True
+    before: bytes | None = GENESIS  # the stored leaf of entry start - 1, which entry start must carry
+    last_leaf: bytes = GENESIS
+    tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    cuts: dict[int, merkle.CompactRange] = field(default_factory=dict)  # tree size -> range [start, size)
+
+
+def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...]) -> SpanScan:
+    """Recompute one span; stop at the first batch that is not sound (the walk will name why)."""
+    scan = SpanScan(start, end)
+    with closing(source.connect()) as conn:
+        if start:
+            scan.before = source.stored_leaf(conn, start - 1)
+        prev = scan.before
+        pending = sorted(size for size in cut_sizes if start < size <= end)
+        for low in range(start, end, BATCH):
+            entries, stored = source.span_rows(conn, low, min(low + BATCH, end))
+            leaves = merkle.leaf_hashes(entries)
+            if prev is None or len(entries) != min(BATCH, end - low) or leaves != stored:
+                scan.sound = False
+                return scan
+            if not chained(low, entries, [prev, *leaves[:-1]]):
+                scan.sound = False
+                return scan
+            while pending and pending[0] <= low + len(leaves):
+                size = pending.pop(0)
+                scan.tree.extend(leaves[scan.tree.size - (low - start) : size - low])
+                scan.cuts[size] = scan.tree.copy()
+            scan.tree.extend(leaves[scan.tree.size - (low - start) :])
+            prev = leaves[-1]
+        scan.last_leaf = prev or GENESIS
+    return scan
+
+
+@dataclass
+class LedgerScan:
+    """The whole ledger's recomputed tree, or the first span that is not sound."""
+
+    sound: bool
+    size: int = 0
+    last_leaf: bytes = GENESIS
+    roots: dict[int, bytes] = field(default_factory=dict)
+    first_bad_span: int | None = None
+
+
+def scan_ledger(source: RowSource, size: int, cut_sizes: Iterable[int], workers: int) -> LedgerScan:
+    """Scan entries ``0 <= seq < size`` with up to ``workers`` processes; roots at each cut size."""
+    cuts = sorted(set(cut_sizes))
+    spans = [(low, min(low + SPAN, size)) for low in range(0, size, SPAN)]
+    jobs = [(source, low, high, tuple(c for c in cuts if low < c <= high)) for low, high in spans]
+    if workers < 2 or len(jobs) < 2:
+        return _join(size, cuts, (scan_span(*job) for job in jobs))
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_fork_context(), initializer=gc.disable) as pool:
+        joined = _join(size, cuts, pool.map(scan_span, *zip(*jobs, strict=True)))
+        pool.shutdown(cancel_futures=True)
+    return joined
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _fork_context() -> Any:
+    # Forked workers start in milliseconds; spawned ones would re-import the whole portal (the CLI's
+    # main module) first. They touch nothing inherited but this module and their own connection.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _join(size: int, cuts: Sequence[int], scans: Iterable[SpanScan]) -> LedgerScan:
+    tree = merkle.CompactRange()
+    roots = {0: merkle.EMPTY_ROOT} if 0 in cuts else {}
+    prev = GENESIS
+    for scan in scans:
+        if not scan.sound or scan.before != prev:
+            return LedgerScan(sound=False, first_bad_span=scan.start)
+        for cut, part in scan.cuts.items():
+            upto = tree.copy()
+            upto.append_range(part)
+            roots[cut] = upto.root()
+        tree.append_range(scan.tree)
+        prev = scan.last_leaf
+    return LedgerScan(sound=tree.size == size, size=tree.size, last_leaf=prev, roots=roots)
