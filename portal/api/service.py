@@ -438,24 +438,12 @@ class IntegrationService:
     def _verifying_key(self) -> Ed25519PublicKey:
         return self._signing_key.public_key()
 
-    def verify_access_token(self, token: str) -> Principal:
+    async def verify_access_token_async(self, token: str) -> Principal:
         """The integration principal of a valid access token; raises InvalidAccessTokenError.
 
         Each call with a genuine token counts against its client's rate limit (TooManyRequestsError).
+        On the app's event loop the client's row is read without a worker thread.
         """
-        claims = self._verified_claims(token)
-        client = self._client_params(claims)
-        row = None
-        if client is not None:
-            with self.db.lone_read() as conn:
-                row = conn.execute(_CLIENT_STATUS, client).first()
-        principal = self._admitted(claims, row)
-        if principal is None:
-            self._refuse_revoked(str(claims["sub"]))
-        return principal
-
-    async def verify_access_token_async(self, token: str) -> Principal:
-        """``verify_access_token`` for the event loop: the client's row is read without a worker thread."""
         claims = self._verified_claims(token)
         client = self._client_params(claims)
         row = None if client is None else await self.hot.first(_CLIENT_STATUS, client)
