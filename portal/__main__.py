@@ -338,11 +338,17 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="processes recomputing the ledger in parallel (default: one per core; 1 on a busy server)",
+)
+def audit_verify(workers: int | None) -> None:
     """Recompute the Merkle tree, check every checkpoint, and name the first bad entry."""
     portal = _portal()
     try:
-        report = portal.ledger.verify()
+        report = portal.ledger.verify(workers=workers)
     finally:
         portal.close()
     for check in report.checks:

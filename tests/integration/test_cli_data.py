@@ -57,6 +57,10 @@ def test_audit_verify_passes_then_names_tampering(portal: Portal) -> None:
     assert code == 0 and "verifier key:" in output
     code, output = _invoke(portal.settings, "audit", "verify")
     assert code == 0 and "ledger verified" in output
+    code, output = _invoke(portal.settings, "audit", "verify", "--workers", "1")
+    assert code == 0 and "ledger verified" in output
+    code, output = _invoke(portal.settings, "audit", "verify", "--workers", "0")
+    assert code == 2 and "--workers" in output
     with portal.db.engine.begin() as conn:
         if portal.db.is_sqlite:
             conn.execute(text("DROP TRIGGER ledger_entries_no_delete"))
