@@ -58,8 +58,9 @@ class RowSource:
 
     def connect(self) -> Any:
         if self.sqlite_path is not None:
-            return sqlite3.connect(Path(self.sqlite_path).as_uri() + "?mode=ro", uri=True)
-        import psycopg  # only the PostgreSQL deployment has it loaded
+            # absolute(): a relative database path (as SQLAlchemy takes it) is relative to the working directory.
+            return sqlite3.connect(Path(self.sqlite_path).absolute().as_uri() + "?mode=ro", uri=True)
+        import psycopg  # imported only where the ledger is on PostgreSQL
 
         return psycopg.connect(self.conninfo or "", autocommit=True)
 

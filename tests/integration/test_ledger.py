@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import pytest
 from anyio.from_thread import start_blocking_portal
@@ -306,3 +308,16 @@ def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[by
     damaged = [*ledger_like[:3], damage(ledger_like[3]), *ledger_like[4:]]
     assert damaged[3] != ledger_like[3]
     assert not scan.chained(0, damaged, previous)
+
+
+def test_a_span_reader_opens_a_relative_sqlite_path_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with closing(sqlite3.connect("ledger.sqlite3")) as conn, conn:
+        conn.execute("CREATE TABLE ledger_entries (seq BIGINT PRIMARY KEY, entry BLOB, leaf_hash BLOB)")
+        conn.executemany("INSERT INTO ledger_entries VALUES (?, ?, ?)", [(i, b"e%d" % i, b"h%d" % i) for i in range(4)])
+    source = scan.RowSource(sqlite_path="ledger.sqlite3")
+    with closing(source.connect()) as conn:
+        assert source.span_rows(conn, 1, 3) == ([b"e1", b"e2"], [b"h1", b"h2"])
+        assert source.stored_leaf(conn, 3) == b"h3"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("INSERT INTO ledger_entries VALUES (9, x'', x'')")
