@@ -122,17 +122,20 @@ def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...
     """Recompute one span; stop at the first batch that is not sound (the walk will name why)."""
     scan = SpanScan(start, end)
     with closing(source.connect()) as conn:
-        if start:
-            scan.before = source.stored_leaf(conn, start - 1)
-        prev = scan.before
+        prev = source.stored_leaf(conn, start - 1) if start else GENESIS
+        scan.before = prev
+        if prev is None:
+            scan.sound = False
+            return scan
         pending = sorted(size for size in cut_sizes if start < size <= end)
         for low in range(start, end, BATCH):
             entries, stored = source.span_rows(conn, low, min(low + BATCH, end))
             leaves = merkle.leaf_hashes(entries)
-            if prev is None or len(entries) != min(BATCH, end - low) or leaves != stored:
-                scan.sound = False
-                return scan
-            if not chained(low, entries, [prev, *leaves[:-1]]):
+            if (
+                len(entries) != min(BATCH, end - low)
+                or leaves != stored
+                or not chained(low, entries, [prev, *leaves[:-1]])
+            ):
                 scan.sound = False
                 return scan
             while pending and pending[0] <= low + len(leaves):
@@ -141,7 +144,7 @@ def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...
                 scan.cuts[size] = scan.tree.copy()
             scan.tree.extend(leaves[scan.tree.size - (low - start) :])
             prev = leaves[-1]
-        scan.last_leaf = prev or GENESIS
+        scan.last_leaf = prev
     return scan
 
 

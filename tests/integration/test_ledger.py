@@ -321,3 +321,13 @@ def test_a_span_reader_opens_a_relative_sqlite_path_read_only(tmp_path: Path, mo
         assert source.stored_leaf(conn, 3) == b"h3"
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             conn.execute("INSERT INTO ledger_entries VALUES (9, x'', x'')")
+
+
+@pytest.mark.usefixtures("small_spans")
+@pytest.mark.parametrize("seq", [15, 16])  # the last entry of a span, which the next span chains to; its first
+def test_verify_in_spans_names_an_entry_deleted_at_a_span_edge(portal: Portal, seq: int) -> None:
+    _fill(portal, 30)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_entries WHERE seq = :s"), {"s": seq})
+    report = portal.ledger.verify(workers=2)
+    assert report.problems[0] == f"entry {seq} is missing (deleted): found sequence {seq + 1} next"
