@@ -107,10 +107,9 @@ def chained(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes])
 
 @dataclass
 class SpanScan:
-    """What one span's entries recompute to, for entries ``start <= seq < end``."""
+    """What one span's entries, from ``start`` on, recompute to."""
 
     start: int
-    end: int
     sound: bool = True
     before: bytes | None = GENESIS  # the stored leaf of entry start - 1, which entry start must carry
     last_leaf: bytes = GENESIS
@@ -120,7 +119,7 @@ class SpanScan:
 
 def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...]) -> SpanScan:
     """Recompute one span; stop at the first batch that is not sound (the walk will name why)."""
-    scan = SpanScan(start, end)
+    scan = SpanScan(start)
     with closing(source.connect()) as conn:
         prev = source.stored_leaf(conn, start - 1) if start else GENESIS
         scan.before = prev
@@ -150,13 +149,12 @@ def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...
 
 @dataclass
 class LedgerScan:
-    """The whole ledger's recomputed tree, or the first span that is not sound."""
+    """The whole ledger's recomputed tree and checkpoint roots, when every span is sound."""
 
     sound: bool
     size: int = 0
     last_leaf: bytes = GENESIS
     roots: dict[int, bytes] = field(default_factory=dict)
-    first_bad_span: int | None = None
 
 
 def scan_ledger(source: RowSource, size: int, cut_sizes: Iterable[int], workers: int) -> LedgerScan:
@@ -189,7 +187,7 @@ def _join(size: int, cuts: Sequence[int], scans: Iterable[SpanScan]) -> LedgerSc
     prev = GENESIS
     for scan in scans:
         if not scan.sound or scan.before != prev:
-            return LedgerScan(sound=False, first_bad_span=scan.start)
+            return LedgerScan(sound=False)
         for cut, part in scan.cuts.items():
             upto = tree.copy()
             upto.append_range(part)
