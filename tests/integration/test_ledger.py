@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from portal.audit import merkle, scan
 from portal.audit.checkpoint import verify_checkpoint
-from portal.audit.ledger import AuditEvent, Ledger
+from portal.audit.ledger import AuditEvent, Ledger, canonical_json, entry_bytes
 from portal.container import Portal
 
 
@@ -118,7 +118,7 @@ def test_edited_entry_is_named(portal: Portal) -> None:
     portal.ledger.checkpoint()
     doc = _entry(portal, 7)
     doc["actor"] = "staff:someone-else"
-    edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    edited = entry_bytes(doc)
     with _triggers_off(portal), portal.db.engine.begin() as conn:
         conn.execute(text("UPDATE ledger_entries SET entry = :e WHERE seq = 7"), {"e": edited})
     assert _problems(portal)[0] == "entry 7 does not match its stored leaf hash (edited)"
@@ -128,7 +128,7 @@ def _rewrite_with_its_leaf(portal: Portal, seq: int, field: str, value: str) -> 
     """Edit one entry and store the matching leaf hash, as a careful attacker would."""
     doc = _entry(portal, seq)
     doc[field] = value
-    edited = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    edited = entry_bytes(doc)
     with _triggers_off(portal), portal.db.engine.begin() as conn:
         conn.execute(
             text("UPDATE ledger_entries SET entry = :e, leaf_hash = :h WHERE seq = :s"),
@@ -159,10 +159,8 @@ def test_inserted_entry_is_named(portal: Portal) -> None:
             conn.execute(text("UPDATE ledger_entries SET seq = seq + 1 WHERE seq = :s"), {"s": seq})
         forged = dict(_entry(portal, 9))
         forged["seq"] = 10
-        forged["prev"] = merkle.leaf_hash(
-            json.dumps(_entry(portal, 9), sort_keys=True, separators=(",", ":")).encode()
-        ).hex()
-        body = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+        forged["prev"] = merkle.leaf_hash(entry_bytes(_entry(portal, 9))).hex()
+        body = entry_bytes(forged)
         conn.execute(
             text(
                 "INSERT INTO ledger_entries (seq, entry, leaf_hash, subject, action, created_at) "
@@ -285,6 +283,16 @@ def test_an_altered_ledger_head_is_named(portal: Portal) -> None:
     assert _problems(portal) == ["the ledger head's last leaf hash is not entry 11's (the head was altered)"]
 
 
+def _sorted_like(seqs: Sequence[int]) -> list[bytes]:
+    """Entries shaped as version 1 wrote them, every key sorted."""
+    return [b'{"details":{},"prev":"%s","purpose":null,"seq":%d,"subject":null}' % (b"ab" * 32, i) for i in seqs]
+
+
+def _leading_like(seqs: Sequence[int]) -> list[bytes]:
+    """Entries shaped as version 2 writes them, "prev" and "seq" first."""
+    return [b'{"prev":"%s","seq":%d,"details":{},"purpose":null,"subject":null}' % (b"ab" * 32, i) for i in seqs]
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -298,9 +306,7 @@ def test_an_altered_ledger_head_is_named(portal: Portal) -> None:
     ids=["wrong seq", "wrong prev", "right prev only nested", "right seq only nested", "padded seq", "no prev"],
 )
 def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[bytes], bytes]) -> None:
-    ledger_like = [
-        b'{"details":{},"prev":"%s","purpose":null,"seq":%d,"subject":null}' % (b"ab" * 32, i) for i in range(6)
-    ]
+    ledger_like = _sorted_like(range(6))
     previous = [bytes.fromhex("ab" * 32)] * 6
     assert scan.chained(0, ledger_like, previous)
     nested = ledger_like[3].replace(b'"details":{}', b'"details":{"prev":"x","seq":1}')
@@ -308,6 +314,97 @@ def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[by
     damaged = [*ledger_like[:3], damage(ledger_like[3]), *ledger_like[4:]]
     assert damaged[3] != ledger_like[3]
     assert not scan.chained(0, damaged, previous)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e.replace(b'"seq":3,', b'"seq":4,'),
+        lambda e: e.replace(b'"seq":3,', b'"seq":30,'),
+        lambda e: e.replace(b"ab" * 32, b"cd" * 32),
+        lambda e: e.replace(b"ab" * 32, b"cd" * 32).replace(b'"details":{}', b'"details":{"prev":"%s"}' % (b"ab" * 32)),
+        lambda e: e.replace(b'"seq":3,', b'"seq":5,').replace(b'"details":{}', b'"details":{"seq":3}'),
+        lambda e: e.replace(b'"seq":3,', b'"seq":3 ,'),
+        lambda e: e.replace(b'{"prev":', b'{"prov":'),
+        lambda e: e[:80],
+    ],
+    ids=[
+        "wrong seq",
+        "longer seq",
+        "wrong prev",
+        "right prev only nested",
+        "right seq only nested",
+        "padded seq",
+        "no prev",
+        "cut short",
+    ],
+)
+def test_the_chain_check_refuses_a_damaged_entry_that_leads_with_its_chain(damage: Callable[[bytes], bytes]) -> None:
+    entries = _leading_like(range(6))
+    previous = [bytes.fromhex("ab" * 32)] * 6
+    assert scan.chained(0, entries, previous)
+    damaged = [*entries[:3], damage(entries[3]), *entries[4:]]
+    assert damaged[3] != entries[3]
+    assert not scan.chained(0, damaged, previous)
+
+
+def test_the_chain_check_reads_each_run_of_entries_in_its_own_layout() -> None:
+    # While processes of two releases append side by side, the two layouts interleave.
+    sorted_like = _sorted_like(range(9))
+    leading = _leading_like(range(9))
+    mixed = [*sorted_like[:2], *leading[2:5], sorted_like[5], *leading[6:]]
+    previous = [bytes.fromhex("ab" * 32)] * 9
+    assert scan.chained(0, mixed, previous)
+    assert not scan.chained(1, mixed, previous), "every run is checked against its own sequence numbers"
+    assert not scan.chained(0, [*mixed[:5], leading[6], *mixed[6:]], previous)
+
+
+def test_entries_lead_with_their_chain_fields_and_parse_as_before(portal: Portal) -> None:
+    _fill(portal, 2)
+    with portal.db.engine.connect() as conn:
+        raw = bytes(conn.execute(text("SELECT entry FROM ledger_entries WHERE seq = 1")).scalar_one())
+    document = json.loads(raw)
+    assert raw.startswith(b'{"prev":"%s","seq":1,"action":"records.read",' % document["prev"].encode())
+    assert document["v"] == 2 and entry_bytes(document) == raw
+    rest = {key: value for key, value in document.items() if key not in ("prev", "seq")}
+    assert raw.endswith(canonical_json(rest)[1:])
+
+
+@pytest.mark.usefixtures("small_spans")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_ledger_begun_by_an_earlier_release_verifies_across_the_layout_change(
+    portal: Portal, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_walk(*_args: object) -> None:
+        raise AssertionError("a sound ledger is verified from its spans alone, without the entry-by-entry walk")
+
+    with monkeypatch.context() as release_1:
+        release_1.setattr("portal.audit.ledger.entry_bytes", canonical_json)
+        _fill(portal, 10)  # entry 10 falls inside a batch of 3 and a span of 8
+    portal.ledger.checkpoint()
+    _fill(portal, 12)
+    portal.ledger.checkpoint()
+    monkeypatch.setattr(Ledger, "_walk", no_walk)
+    report = portal.ledger.verify(workers=workers)
+    assert report.ok, report.problems
+    assert report.entries == 22
+
+
+@pytest.mark.usefixtures("small_spans")
+def test_an_edit_of_an_earlier_release_entry_is_still_named(portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as release_1:
+        release_1.setattr("portal.audit.ledger.entry_bytes", canonical_json)
+        _fill(portal, 10)
+    _fill(portal, 6)
+    doc = _entry(portal, 4)
+    doc["actor"] = "staff:someone-else"
+    edited = canonical_json(doc)
+    with _triggers_off(portal), portal.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE ledger_entries SET entry = :e, leaf_hash = :h WHERE seq = 4"),
+            {"e": edited, "h": merkle.leaf_hash(edited)},
+        )
+    assert _problems(portal)[0].startswith("the chain breaks at entry 5: entry 4 was altered")
 
 
 def test_a_span_reader_opens_a_relative_sqlite_path_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
