@@ -93,15 +93,17 @@ def chained(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes])
     Checked on the bytes, a whole batch per C call where possible, each run of entries in its
     version's layout (the layouts interleave while old and new processes append side by side).
     """
-    return _chained_leading(first_seq, entries, previous) or _chained_by_layout(first_seq, entries, previous)
+    if entries and entries[0].startswith(_CHAIN_FIRST) and _chained_leading(first_seq, entries, previous):
+        return True  # the usual batch: every entry in the current layout
+    return _chained_by_layout(first_seq, entries, previous)
 
 
-_CHAIN_FIRST = '{"prev":"'  # how entries that lead with their chain fields (version 2 on) begin
+_CHAIN_FIRST = b'{"prev":"'  # how entries that lead with their chain fields (version 2 on) begin
 
 
 def _chained_leading(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes]) -> bool:
     """``chained`` for entries that begin ``{"prev":"<64 hex>","seq":<n>,"``, their top-level keys."""
-    heads = (_CHAIN_FIRST + b"".join(previous).hex("\n", 32).replace("\n", _CHAIN_FIRST)).encode()
+    heads = _CHAIN_FIRST + b"".join(previous).hex("\n", 32).encode().replace(b"\n", _CHAIN_FIRST)
     if b"".join([entry[:73] for entry in entries]) != heads:
         return False
     numbers = ',"\n","seq":'.join(map(str, range(first_seq, first_seq + len(entries))))
@@ -111,7 +113,7 @@ def _chained_leading(first_seq: int, entries: Sequence[bytes], previous: Sequenc
 
 def _chained_by_layout(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes]) -> bool:
     done = 0
-    for leads, run in groupby(map(bytes.startswith, entries, repeat(_CHAIN_FIRST.encode()))):
+    for leads, run in groupby(map(bytes.startswith, entries, repeat(_CHAIN_FIRST))):
         upto = done + len(list(run))
         check = _chained_leading if leads else _chained_sorted
         if not check(first_seq + done, entries[done:upto], previous[done:upto]):

@@ -355,6 +355,7 @@ def test_the_chain_check_reads_each_run_of_entries_in_its_own_layout() -> None:
     mixed = [*sorted_like[:2], *leading[2:5], sorted_like[5], *leading[6:]]
     previous = [bytes.fromhex("ab" * 32)] * 9
     assert scan.chained(0, mixed, previous)
+    assert scan.chained(0, [*leading[:4], *sorted_like[4:]], previous), "a batch that begins in the new layout"
     assert not scan.chained(1, mixed, previous), "every run is checked against its own sequence numbers"
     assert not scan.chained(0, [*mixed[:5], leading[6], *mixed[6:]], previous)
 
