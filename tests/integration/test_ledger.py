@@ -247,15 +247,19 @@ def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scan, "BATCH", 3)
 
 
+def _forbid_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_walk(*_args: object) -> None:
+        raise AssertionError("a sound ledger is verified from its spans alone, without the entry-by-entry walk")
+
+    monkeypatch.setattr(Ledger, "_walk", no_walk)
+
+
 @pytest.mark.usefixtures("small_spans")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_verify_in_spans_recomputes_every_checkpoint_root(
     portal: Portal, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_walk(*_args: object) -> None:
-        raise AssertionError("a sound ledger is verified from its spans alone, without the entry-by-entry walk")
-
-    monkeypatch.setattr(Ledger, "_walk", no_walk)
+    _forbid_the_walk(monkeypatch)
     for count in (5, 3, 16, 9, 20):  # checkpoints at 5, 8 (a span edge), 24, 33 and 53
         _fill(portal, count)
         portal.ledger.checkpoint()
@@ -376,16 +380,13 @@ def test_entries_lead_with_their_chain_fields_and_parse_as_before(portal: Portal
 def test_a_ledger_begun_by_an_earlier_release_verifies_across_the_layout_change(
     portal: Portal, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_walk(*_args: object) -> None:
-        raise AssertionError("a sound ledger is verified from its spans alone, without the entry-by-entry walk")
-
     with monkeypatch.context() as release_1:
         release_1.setattr("portal.audit.ledger.entry_bytes", canonical_json)
         _fill(portal, 10)  # entry 10 falls inside a batch of 3 and a span of 8
     portal.ledger.checkpoint()
     _fill(portal, 12)
     portal.ledger.checkpoint()
-    monkeypatch.setattr(Ledger, "_walk", no_walk)
+    _forbid_the_walk(monkeypatch)
     report = portal.ledger.verify(workers=workers)
     assert report.ok, report.problems
     assert report.entries == 22
