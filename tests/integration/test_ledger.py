@@ -287,6 +287,9 @@ def test_an_altered_ledger_head_is_named(portal: Portal) -> None:
     assert _problems(portal) == ["the ledger head's last leaf hash is not entry 11's (the head was altered)"]
 
 
+_SAME_PREV = [bytes.fromhex("ab" * 32)]  # the leaf hash every entry shaped below carries as "prev"
+
+
 def _sorted_like(seqs: Sequence[int]) -> list[bytes]:
     """Entries shaped as version 1 wrote them, every key sorted."""
     return [b'{"details":{},"prev":"%s","purpose":null,"seq":%d,"subject":null}' % (b"ab" * 32, i) for i in seqs]
@@ -311,12 +314,17 @@ def _leading_like(seqs: Sequence[int]) -> list[bytes]:
 )
 def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[bytes], bytes]) -> None:
     ledger_like = _sorted_like(range(6))
-    previous = [bytes.fromhex("ab" * 32)] * 6
-    assert scan.chained(0, ledger_like, previous)
     nested = ledger_like[3].replace(b'"details":{}', b'"details":{"prev":"x","seq":1}')
-    assert scan.chained(0, [*ledger_like[:3], nested, *ledger_like[4:]], previous), "nested keys are not the entry's"
-    damaged = [*ledger_like[:3], damage(ledger_like[3]), *ledger_like[4:]]
-    assert damaged[3] != ledger_like[3]
+    with_nested = [*ledger_like[:3], nested, *ledger_like[4:]]
+    assert scan.chained(0, with_nested, _SAME_PREV * 6), "nested keys are not the entry's"
+    _assert_entry_3_damaged_is_refused(ledger_like, damage)
+
+
+def _assert_entry_3_damaged_is_refused(entries: list[bytes], damage: Callable[[bytes], bytes]) -> None:
+    previous = _SAME_PREV * len(entries)
+    assert scan.chained(0, entries, previous)
+    damaged = [*entries[:3], damage(entries[3]), *entries[4:]]
+    assert damaged[3] != entries[3]
     assert not scan.chained(0, damaged, previous)
 
 
@@ -344,12 +352,7 @@ def test_the_byte_level_chain_check_refuses_a_damaged_entry(damage: Callable[[by
     ],
 )
 def test_the_chain_check_refuses_a_damaged_entry_that_leads_with_its_chain(damage: Callable[[bytes], bytes]) -> None:
-    entries = _leading_like(range(6))
-    previous = [bytes.fromhex("ab" * 32)] * 6
-    assert scan.chained(0, entries, previous)
-    damaged = [*entries[:3], damage(entries[3]), *entries[4:]]
-    assert damaged[3] != entries[3]
-    assert not scan.chained(0, damaged, previous)
+    _assert_entry_3_damaged_is_refused(_leading_like(range(6)), damage)
 
 
 def test_the_chain_check_reads_each_run_of_entries_in_its_own_layout() -> None:
@@ -357,7 +360,7 @@ def test_the_chain_check_reads_each_run_of_entries_in_its_own_layout() -> None:
     sorted_like = _sorted_like(range(9))
     leading = _leading_like(range(9))
     mixed = [*sorted_like[:2], *leading[2:5], sorted_like[5], *leading[6:]]
-    previous = [bytes.fromhex("ab" * 32)] * 9
+    previous = _SAME_PREV * 9
     assert scan.chained(0, mixed, previous)
     assert scan.chained(0, [*leading[:4], *sorted_like[4:]], previous), "a batch that begins in the new layout"
     assert not scan.chained(1, mixed, previous), "every run is checked against its own sequence numbers"
