@@ -6,6 +6,10 @@ hold at most ``SPAN`` entries, so a span's perfect subtrees are perfect subtrees
 tree: worker processes scan spans independently, each through its own read-only connection, and
 the caller joins their compact ranges in order. A span reports only whether it is sound; naming
 the first bad entry is left to the ledger's entry-by-entry walk, which runs only when one is not.
+
+The hash chain is checked only from ``chain_from`` on: the caller passes the size of the latest
+signed checkpoint, whose root vouches for every entry before it more strongly than the chain does,
+and walks the whole chain itself whenever that root does not match (see ``Ledger.verify``).
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ class SpanScan:
     cuts: dict[int, merkle.CompactRange] = field(default_factory=dict)  # tree size -> range [start, size)
 
 
-def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...]) -> SpanScan:
+def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...], chain_from: int = 0) -> SpanScan:
     """Recompute one span; stop at the first batch that is not sound (the walk will name why)."""
     scan = SpanScan(start)
     with closing(source.connect()) as conn:
@@ -170,7 +174,7 @@ def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...
             if (
                 len(entries) != min(BATCH, end - low)
                 or leaves != stored
-                or not chained(low, entries, [prev, *leaves[:-1]])
+                or not _chained_from(chain_from, low, entries, [prev, *leaves[:-1]])
             ):
                 scan.sound = False
                 return scan
@@ -184,6 +188,12 @@ def scan_span(source: RowSource, start: int, end: int, cut_sizes: tuple[int, ...
     return scan
 
 
+def _chained_from(chain_from: int, first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes]) -> bool:
+    """``chained`` for the entries of this batch with a sequence number of at least ``chain_from``."""
+    skip = min(max(chain_from - first_seq, 0), len(entries))
+    return skip == len(entries) or chained(first_seq + skip, entries[skip:], previous[skip:])
+
+
 @dataclass
 class LedgerScan:
     """The whole ledger's recomputed tree and checkpoint roots, when every span is sound."""
@@ -194,11 +204,16 @@ class LedgerScan:
     roots: dict[int, bytes] = field(default_factory=dict)
 
 
-def scan_ledger(source: RowSource, size: int, cut_sizes: Iterable[int], workers: int) -> LedgerScan:
-    """Scan entries ``0 <= seq < size`` with up to ``workers`` processes; roots at each cut size."""
+def scan_ledger(
+    source: RowSource, size: int, cut_sizes: Iterable[int], workers: int, *, chain_from: int = 0
+) -> LedgerScan:
+    """Scan entries ``0 <= seq < size`` with up to ``workers`` processes; roots at each cut size.
+
+    The chain is checked for the entries from ``chain_from`` on (see the module's docstring).
+    """
     cuts = sorted(set(cut_sizes))
     spans = [(low, min(low + SPAN, size)) for low in range(0, size, SPAN)]
-    jobs = [(source, low, high, tuple(c for c in cuts if low < c <= high)) for low, high in spans]
+    jobs = [(source, low, high, tuple(c for c in cuts if low < c <= high), chain_from) for low, high in spans]
     if workers < 2 or len(jobs) < 2:
         return _join(size, cuts, (scan_span(*job) for job in jobs))
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_fork_context(), initializer=gc.disable) as pool:

@@ -270,6 +270,30 @@ def test_verify_in_spans_recomputes_every_checkpoint_root(
 
 
 @pytest.mark.usefixtures("small_spans")
+def test_verify_leaves_the_chain_before_the_latest_checkpoint_to_its_signed_root(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _forbid_the_walk(monkeypatch)
+    checked: list[int] = []
+    check = scan.chained
+
+    def recording(first_seq: int, entries: Sequence[bytes], previous: Sequence[bytes]) -> bool:
+        checked.extend(range(first_seq, first_seq + len(entries)))
+        return check(first_seq, entries, previous)
+
+    monkeypatch.setattr(scan, "chained", recording)
+    _fill(portal, 10)
+    portal.ledger.checkpoint()
+    _fill(portal, 12)
+    portal.ledger.checkpoint()  # at 22, inside a batch (batches of 3 start at 21)
+    _fill(portal, 5)
+    report = portal.ledger.verify(workers=1)
+    assert report.ok, report.problems
+    assert checked == list(range(22, 27))
+    assert "the hash chain of the entries no signed checkpoint covers (from entry 22 on)" in report.checks[0]
+
+
+@pytest.mark.usefixtures("small_spans")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_verify_in_spans_names_an_edit_in_a_late_span(portal: Portal, workers: int) -> None:
     _fill(portal, 40)
