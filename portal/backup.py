@@ -20,13 +20,13 @@ import json
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import DateTime, Engine, LargeBinary, Table, func, insert, select
+from sqlalchemy import Date, DateTime, Engine, LargeBinary, Table, func, insert, select
 
 from portal import migrate
 from portal.db import utcnow
@@ -71,7 +71,7 @@ def create_backup(engine: Engine, ring: KekRing, path: Path) -> BackupSummary:
         out.write(MAGIC + struct.pack(">I", len(header)) + header)
         sealer = _ChunkSealer(out, key, header)
         with gzip.GzipFile(fileobj=sealer, mode="wb", mtime=0) as stream, engine.connect() as conn:
-            for table in Base.metadata.sorted_tables:
+            for table in _backed_up_tables():
                 counts[table.name] = 0
                 for row in conn.execute(select(table)).mappings():
                     stream.write(_encode_row(table, dict(row)))
@@ -97,7 +97,7 @@ def restore_backup(engine: Engine, ring: KekRing, path: Path) -> BackupSummary:
 
 
 def _load_rows(engine: Engine, stream: Iterable[bytes]) -> dict[str, int]:
-    tables = {table.name: table for table in Base.metadata.sorted_tables}
+    tables = {table.name: table for table in _backed_up_tables()}
     counts: dict[str, int] = {}
     pending: dict[str, list[dict[str, Any]]] = {}
     trailer: dict[str, int] | None = None
@@ -123,6 +123,11 @@ def _load_rows(engine: Engine, stream: Iterable[bytes]) -> dict[str, int]:
     return counts
 
 
+def _backed_up_tables() -> list[Table]:
+    """Every table but derived ones, which the database rebuilds (by trigger) as the rows are restored."""
+    return [table for table in Base.metadata.sorted_tables if not table.info.get("derived")]
+
+
 def _require_empty(engine: Engine) -> None:
     with engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
@@ -138,7 +143,7 @@ def _encode_row(table: Table, row: dict[str, Any]) -> bytes:
         value = row[column.name]
         if isinstance(value, bytes):
             value = base64.b64encode(value).decode()
-        elif isinstance(value, datetime):
+        elif isinstance(value, datetime | date):
             value = value.isoformat()
         encoded[column.name] = value
     return json.dumps({"t": table.name, "r": encoded}, separators=(",", ":")).encode() + b"\n"
@@ -152,6 +157,8 @@ def _decode_row(table: Table, row: dict[str, Any]) -> dict[str, Any]:
             value = base64.b64decode(value)
         elif value is not None and _is_datetime(column.type):
             value = datetime.fromisoformat(value)
+        elif value is not None and isinstance(column.type, Date):
+            value = date.fromisoformat(value)
         decoded[column.name] = value
     return decoded
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.db import Base, UTCDateTime, new_id, utcnow
@@ -50,6 +50,20 @@ class AccessEvent(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AccessLogVersion(Base):
+    """How often a patient's accesses changed: what their cached access summary is valid for.
+
+    Triggers on access_events keep it (migration 0012), so no writer can forget to. Derived data:
+    backups leave it out, and a restore rebuilds it as the accesses are inserted again.
+    """
+
+    __tablename__ = "access_log_versions"
+    __table_args__ = {"info": {"derived": True}}
+
+    patient_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 def week_of(when: datetime) -> date:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from datetime import UTC, date, datetime, timedelta
@@ -14,7 +15,7 @@ from litestar.params import FromQuery
 from litestar.response import Template
 
 from portal.access.chart import weekly_chart
-from portal.access.service import ACTIONS, PAGE_SIZE, PURPOSE_WORDS, TimelineFilter
+from portal.access.service import ACTIONS, PAGE_SIZE, PURPOSE_WORDS, AccessSummary, TimelineFilter
 from portal.security.guards import Rule, access
 from portal.security.sessions import Principal, WebSession
 from portal.web.deps import PortalDep, patient_id_of
@@ -64,22 +65,27 @@ def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int]
             template_name="partials/access_rows.html", context={**context, "entries": entries, "total": total}
         )
     overview = portal.access.overview(patient_id, flt, page=page)
+    summary = overview.summary
     return Template(
         template_name="patient/access.html",
         context={
             **context,
             "entries": overview.entries,
-            "total": overview.total,
-            "weeks": overview.weeks,
-            "series": overview.series,
-            "table": overview.table,
-            "chart": weekly_chart(overview.weeks, overview.series),
-            "organisations": overview.organisations,
+            "total": summary.total,
+            "chart_section": summary.rendered("chart", functools.partial(_chart_section, request)),
+            "organisations": summary.organisations,
             "actions": ACTIONS,
             "purposes": PURPOSE_WORDS,
             "alerts": overview.alerts,
         },
     )
+
+
+def _chart_section(request: PatientRequest, summary: AccessSummary) -> str:
+    """The chart and its table (autoescaped HTML): rendered once per cached summary, as they hold as many
+    cells as weeks."""
+    template = request.app.template_engine.get_template("partials/access_chart.html")  # type: ignore[union-attr]
+    return str(template.render(summary=summary, chart=weekly_chart(summary.weeks, summary.series)))
 
 
 def _query(params: dict[str, str | None]) -> str:

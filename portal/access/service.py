@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, cast
 
+from cachetools import TTLCache
 from sqlalchemy import String, Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
@@ -22,6 +24,7 @@ from portal.access.balp import AccessFacts, BalpError, parse_audit_event
 from portal.access.models import (
     AccessCase,
     AccessEvent,
+    AccessLogVersion,
     AlertPreference,
     CaseMessage,
     DisclosureAccounting,
@@ -46,6 +49,10 @@ class AlertSender(Protocol):
 CATEGORY = "access_log"
 ACCESS_EVENTS = cast(Table, AccessEvent.__table__)  # inserts through Core skip the ORM's bulk-insert step
 PAGE_SIZE = 25
+# Summaries of (patient, filter) kept per process. The version the database keeps makes them exact;
+# the time limit only bounds what a change it cannot see (a key destroyed by hand) leaves on show.
+SUMMARY_CACHE_ENTRIES = 1024
+SUMMARY_CACHE_SECONDS = 60.0
 ACTIONS = ("read", "query", "create", "update", "delete", "disclose")
 
 PURPOSE_WORDS = {
@@ -142,6 +149,10 @@ class AccessLog:
         self.staff_named = staff_named
         self._staff_name = staff_name
         self.clock = clock
+        self._summaries: TTLCache[tuple[str, TimelineFilter, int], AccessSummary] = TTLCache(
+            SUMMARY_CACHE_ENTRIES, SUMMARY_CACHE_SECONDS
+        )
+        self._summaries_lock = threading.Lock()
 
     # ================================================================== ingest
 
@@ -451,29 +462,47 @@ class AccessLog:
         self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
     ) -> tuple[list[TimelineEntry], int]:
         """One page of accesses, newest first, and the total that match (the "older accesses" partial)."""
-        counted = select(func.count()).select_from(AccessEvent).where(AccessEvent.patient_id == patient_id)
         with self.db.read() as session:
-            total = session.scalar(self._filtered(counted, flt)) or 0
+            summary = self._summary(session, patient_id, flt)
             rows = session.scalars(_page_of(self._mine(patient_id, flt), page, page_size)).all()
-        return [self.entry(row) for row in rows], int(total)
+        return [self.entry(row) for row in rows], summary.total
 
     def overview(self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE) -> Overview:
-        """Everything the access page shows, read in one session: a page of accesses, the weekly chart (whose
-        counts add up to the total, so nothing is counted twice), the organisations and the alert choices."""
+        """Everything the access page shows, read in one session: a page of accesses, the summary (chart,
+        total, organisations) and the alert choices."""
         with self.db.read() as session:
+            summary = self._summary(session, patient_id, flt)
             rows = session.scalars(_page_of(self._mine(patient_id, flt), page, page_size)).all()
-            counts = self._weekly_counts(session, patient_id, flt)
-            names = self._names(session, patient_id)
             alerts = session.get(AlertPreference, patient_id)
-        weeks, series = _weekly_series(counts, names)
         return Overview(
-            entries=[self.entry(row) for row in rows],
+            entries=[self.entry(row) for row in rows], summary=summary, alerts=alerts or _no_alerts(patient_id)
+        )
+
+    def _summary(self, session: Session, patient_id: str, flt: TimelineFilter) -> AccessSummary:
+        """The weekly chart (whose counts add up to the total, so nothing is counted twice) and the
+        organisations, from the cache while the patient's access-log version is unchanged.
+
+        The version is read first: what is counted after it is at least as new, so a summary is never
+        older than the version it is cached under.
+        """
+        version = session.scalar(select(AccessLogVersion.version).where(AccessLogVersion.patient_id == patient_id))
+        key = (patient_id, flt, version or 0)
+        with self._summaries_lock:
+            cached = self._summaries.get(key)
+        if cached is not None:
+            return cached
+        counts = self._weekly_counts(session, patient_id, flt)
+        names = self._names(session, patient_id)
+        weeks, series = _weekly_series(counts, names)
+        summary = AccessSummary(
             total=sum(count for _org, _week, count in counts),
             weeks=weeks,
             series=series,
             organisations=_known_names(names),
-            alerts=alerts or _no_alerts(patient_id),
         )
+        with self._summaries_lock:
+            self._summaries[key] = summary
+        return summary
 
     def own_entry(self, patient_id: str, event_id: str) -> TimelineEntry | None:
         """One access of this patient's; another patient's is indistinguishable from a missing one."""
@@ -587,18 +616,32 @@ class AccessLog:
 
 
 @dataclass(frozen=True)
-class Overview:
-    entries: list[TimelineEntry]
+class AccessSummary:
+    """What the access page shows above the timeline, for one patient and filter."""
+
     total: int
     weeks: list[str]  # ISO weeks, oldest first, none missing in between
     series: dict[str, list[int]]  # organisation name -> accesses in each week
     organisations: list[str]  # every organisation that accessed the record (unfiltered)
-    alerts: AlertPreference
+    _rendered: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def table(self) -> list[tuple[str, tuple[int, ...]]]:
         """Each week with every organisation's count in it: the chart's text equivalent, row by row."""
         return list(zip(self.weeks, zip(*self.series.values(), strict=True), strict=True))
+
+    def rendered(self, name: str, render: Callable[[AccessSummary], str]) -> str:
+        """``render(self)``, done once per summary: the markup is cached along with it."""
+        if name not in self._rendered:
+            self._rendered[name] = render(self)
+        return self._rendered[name]
+
+
+@dataclass(frozen=True)
+class Overview:
+    entries: list[TimelineEntry]
+    summary: AccessSummary
+    alerts: AlertPreference
 
 
 ERASED = "Erased"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
-from portal.access.models import AccessEvent
-from portal.access.service import TimelineFilter
+from portal.access.models import AccessEvent, AccessLogVersion
+from portal.access.service import AccessLog, TimelineFilter
 from portal.container import Portal
 from tests.conftest import ORIGIN
 from tests.support.accounts import enrol_patient, new_patient
@@ -319,7 +320,7 @@ def test_weekly_chart_counts_every_access_in_its_week(client: Client, portal: Po
     )
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
-    overview = portal.access.overview(patient_id, TimelineFilter())
+    overview = portal.access.overview(patient_id, TimelineFilter()).summary
     assert overview.weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
     assert overview.series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
     assert overview.organisations == ["A", "B"]
@@ -369,12 +370,69 @@ def test_overview_counts_agree_with_the_timeline_under_every_filter(client: Clie
         F(start=datetime(2026, 10, 5, tzinfo=UTC), end=datetime(2026, 10, 21, tzinfo=UTC)),
     ]
     for flt in filters:
-        overview = portal.access.overview(patient_id, flt)
+        overview = portal.access.overview(patient_id, flt).summary
         entries, total = portal.access.timeline(patient_id, flt)
         assert overview.total == total == len(portal.access.all_entries(patient_id, flt)), flt
         assert sum(map(sum, overview.series.values())) == total, flt
-        assert [e.id for e in overview.entries] == [e.id for e in entries], flt
+        assert [e.id for e in portal.access.overview(patient_id, flt).entries] == [e.id for e in entries], flt
         assert overview.organisations == ["Lab Co", "Privacy portal", "St Example Hospital"]
-    everything = portal.access.overview(patient_id, F())
+    everything = portal.access.overview(patient_id, F()).summary
     assert everything.total == 5 and list(everything.series) == ["Lab Co", "Privacy portal", "St Example Hospital"]
     assert everything.table[:2] == [("2026-W40", (1, 0, 1)), ("2026-W41", (0, 0, 1))]
+
+
+def _version(portal: Portal, patient_id: str) -> int:
+    with portal.db.read() as session:
+        found = session.get(AccessLogVersion, patient_id)
+        return found.version if found is not None else 0
+
+
+def test_the_database_counts_every_change_to_a_patients_accesses(client: Client, portal: Portal) -> None:
+    """Triggers keep the version the access summary is cached under, so no writer can forget it: ingest, the
+    portal's own reads, the retention sweep, and the deletes and updates erasure and re-keying do."""
+    mrn, _ = new_patient(portal)
+    other_mrn, _ = new_patient(portal, seed=102)
+    patient_id, other = portal.records.find_by_mrn(mrn), portal.records.find_by_mrn(other_mrn)
+    assert patient_id is not None and other is not None
+    others = _version(portal, other)
+    old = balp_event("v-old", mrn, recorded="2015-01-01T00:00:00Z")
+    _post(client, _token(portal), "\n".join(json.dumps(e) for e in (old, balp_event("v-new", mrn))))
+    versions = [_version(portal, patient_id)]
+    portal.records.read(patient_id, actor="patient:me", role=None, purpose="PATRQT", categories=["clinical"])
+    versions.append(_version(portal, patient_id))
+    assert portal.access.sweep(6) == 1
+    versions.append(_version(portal, patient_id))
+    with portal.db.write() as session:
+        session.execute(update(AccessEvent).where(AccessEvent.patient_id == patient_id).values(purpose="HPAYMT"))
+    versions.append(_version(portal, patient_id))
+    with portal.db.write() as session:
+        session.execute(delete(AccessEvent).where(AccessEvent.patient_id == patient_id))
+    versions.append(_version(portal, patient_id))
+    assert versions[0] > 0 and all(a < b for a, b in itertools.pairwise(versions)), versions
+    assert _version(portal, other) == others, "another patient's accesses are not counted"
+
+
+def test_the_access_summary_is_cached_until_the_patients_accesses_change(
+    client: Client, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mrn, _patient_id = _patient_with_events(client, portal)
+    assert "2 accesses match" in client.get("/access").text
+    counted: list[TimelineFilter] = []
+    count = AccessLog._weekly_counts
+
+    def counting(self: AccessLog, session: Any, patient_id: str, flt: TimelineFilter) -> Any:
+        counted.append(flt)
+        return count(self, session, patient_id, flt)
+
+    monkeypatch.setattr(AccessLog, "_weekly_counts", counting)
+    page = client.get("/access")
+    assert "2 accesses match" in page.text and "Accesses per week, by organisation" in page.text
+    assert counted == [], "an unchanged history is summarised from the cache"
+    _post(client, _token(portal), json.dumps(balp_event("c3", mrn, org="New Clinic")))
+    page = client.get("/access")
+    assert "3 accesses match" in page.text and '<th scope="col">New Clinic</th>' in page.text
+    assert counted == [TimelineFilter()], "a new access is shown at once"
+    filtered = client.get("/access", params={"organisation": "Lab Co"})
+    assert "1 access matches" in filtered.text and len(counted) == 2, "each filter has its own summary"
+    more = client.get("/access", params={"organisation": "Lab Co", "page": "2"}, headers={"hx-request": "true"})
+    assert more.status_code == 200 and len(counted) == 2

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from portal import migrate
+from portal.access.models import AccessLogVersion
+from portal.access.service import TimelineFilter
 from portal.backup import BackupError, create_backup, read_summary, restore_backup
 from portal.container import Portal, build_portal
 from portal.records.synthetic import generate_patient_bundle
@@ -34,11 +36,13 @@ def test_restored_backup_reads_the_same_records(portal: Portal, request: pytest.
     result = portal.records.import_bundle(
         generate_patient_bundle(3, size="typical", today=date(2026, 11, 1)), actor="system:test"
     )
-    portal.ledger.checkpoint()
     original = portal.records.read(result.patient_id, actor="system:test", purpose="TEST")
+    portal.records.read(result.patient_id, actor="patient:me", role=None, purpose="PATRQT", categories=["clinical"])
+    portal.ledger.checkpoint()
     archive = tmp_path / "portal.backup"
     summary = create_backup(portal.db.engine, portal.keys.ring, archive)
     assert summary.rows["resources"] == len(original)
+    assert summary.rows["access_events"] == 1 and "access_log_versions" not in summary.rows, "derived: rebuilt"
     raw = archive.read_bytes()
     assert b"resources" not in raw and b"Patient" not in raw, "the archive is encrypted"
     assert read_summary(archive, portal.keys.ring)["rows"]["resources"] == len(original)
@@ -51,6 +55,9 @@ def test_restored_backup_reads_the_same_records(portal: Portal, request: pytest.
         again = restored.records.read(result.patient_id, actor="system:test", purpose="TEST")
         assert [(r.id, r.resource) for r in again] == [(r.id, r.resource) for r in original]
         assert restored.ledger.verify().ok
+        with restored.db.read() as session:
+            assert session.get(AccessLogVersion, result.patient_id) is not None, "the restore rebuilt the version"
+        assert restored.access.overview(result.patient_id, TimelineFilter()).summary.total == 1
     finally:
         restored.close()
 
