@@ -130,7 +130,7 @@ def build_portal(settings: Settings) -> Portal:
         resend_after_seconds=settings.job_resend_after_seconds,
     )
     records = RecordStore(db, keys, ledger, settings.mrn_system)
-    sessions = SessionService(db)
+    sessions = SessionService(db, hot)
     limiter = RateLimiter(db)
     notifier = Notifier(settings, jobs)
     accounts = AccountService(

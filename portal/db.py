@@ -155,7 +155,8 @@ class Database:
 
     @contextmanager
     def lone_read(self) -> Iterator[Connection]:
-        """A connection for one read-only statement on a hot path: no ORM session, no transaction."""
+        """A connection for reads on a hot path: no ORM session, no transaction (on PostgreSQL), so each
+        statement sees what was committed when it started; for reads that need no common snapshot."""
         with self._lone.connect() as conn:
             yield conn
 

@@ -48,7 +48,7 @@ def question_form(event_id: FromPath[str], request: AnyRequest, portal: PortalDe
 
 
 def _question_page(request: AnyRequest, portal: Any, event_id: str, error: str | None = None) -> Template:
-    entry = portal.access.own_entry(patient_id_of(request, portal), event_id)
+    entry = portal.access.own_entry(patient_id_of(request), event_id)
     if entry is None:
         raise NotFoundException("no such access in your history")
     return Template(
@@ -69,7 +69,7 @@ def open_case(
     event_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[TextForm], portal: PortalDep
 ) -> Redirect | Template:
     try:
-        case = portal.cases.open_case(patient_id_of(request, portal), event_id, data.text, actor=_actor(request))
+        case = portal.cases.open_case(patient_id_of(request), event_id, data.text, actor=_actor(request))
     except CaseError as exc:
         return _question_page(request, portal, event_id, str(exc))
     return Redirect(f"/access/cases/{case.id}", status_code=303)
@@ -79,14 +79,14 @@ def open_case(
 def my_cases(request: AnyRequest, portal: PortalDep) -> Template:
     return Template(
         template_name="patient/cases.html",
-        context={"active": "access", "cases": portal.cases.patient_cases(patient_id_of(request, portal))},
+        context={"active": "access", "cases": portal.cases.patient_cases(patient_id_of(request))},
     )
 
 
 @get("/access/cases/{case_id:str}", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def my_case(case_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Template:
     try:
-        view = portal.cases.view(case_id, patient_id=patient_id_of(request, portal))
+        view = portal.cases.view(case_id, patient_id=patient_id_of(request))
     except CaseError:
         raise NotFoundException("no such case") from None
     return Template(template_name="patient/case.html", context={"active": "access", "view": view, "findings": FINDINGS})
@@ -101,7 +101,7 @@ def my_case(case_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> T
 )
 def reply(case_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[TextForm], portal: PortalDep) -> Redirect:
     try:
-        portal.cases.patient_reply(patient_id_of(request, portal), case_id, data.text, actor=_actor(request))
+        portal.cases.patient_reply(patient_id_of(request), case_id, data.text, actor=_actor(request))
     except CaseError:
         raise NotFoundException("no such open case") from None
     return Redirect(f"/access/cases/{case_id}?sent=1", status_code=303)
@@ -110,7 +110,7 @@ def reply(case_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[Text
 @post("/access/alerts", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False, status_code=303)
 def set_alerts(request: AnyRequest, data: URLEncodedBody[AlertsForm], portal: PortalDep) -> Redirect:
     portal.access.set_alerts(
-        patient_id_of(request, portal), emergency=data.emergency == "1", new_organisation=data.new_organisation == "1"
+        patient_id_of(request), emergency=data.emergency == "1", new_organisation=data.new_organisation == "1"
     )
     return Redirect("/access?alerts=saved#alerts-heading", status_code=303)
 
@@ -118,7 +118,7 @@ def set_alerts(request: AnyRequest, data: URLEncodedBody[AlertsForm], portal: Po
 @post("/access/accounting", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def accounting(request: AnyRequest, portal: PortalDep) -> Response[bytes]:
     """HIPAA accounting of disclosures, as a PDF (generated at once; the request is recorded)."""
-    record, entries = portal.access.accounting(patient_id_of(request, portal), actor=_actor(request))
+    record, entries = portal.access.accounting(patient_id_of(request), actor=_actor(request))
     pdf = portal.pdf.render(
         "accounting.html", record=record, entries=entries, controller=portal.settings.controller_name
     )

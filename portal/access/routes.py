@@ -54,7 +54,7 @@ def _params(request: PatientRequest) -> dict[str, str | None]:
 
 @get("/access", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int] = 1) -> Template:
-    patient_id = patient_id_of(request, portal)
+    patient_id = patient_id_of(request)
     params = _params(request)
     flt = _filter(params)
     page = max(page, 1)
@@ -94,7 +94,7 @@ def _query(params: dict[str, str | None]) -> str:
 
 @get("/access/history.csv", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_csv(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
-    entries = portal.access.all_entries(patient_id_of(request, portal), _filter(_params(request)))
+    entries = portal.access.all_entries(patient_id_of(request), _filter(_params(request)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -137,7 +137,7 @@ def access_csv(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
 @get("/access/history.ndjson", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def access_ndjson(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
     """The history as FHIR AuditEvents, one per line."""
-    patient_id = patient_id_of(request, portal)
+    patient_id = patient_id_of(request)
     entries = portal.access.all_entries(patient_id, _filter(_params(request)))
     lines = [json.dumps(_audit_event(patient_id, entry)) for entry in entries]
     return Response(
@@ -191,7 +191,7 @@ PDF_ROW_LIMIT = 2000
 def access_pdf(request: PatientRequest, portal: PortalDep) -> Response[bytes]:
     """The history as an accessible PDF; very long histories are capped with a pointer to the CSV."""
     params = _params(request)
-    entries = portal.access.all_entries(patient_id_of(request, portal), _filter(params))
+    entries = portal.access.all_entries(patient_id_of(request), _filter(params))
     pdf = portal.pdf.render(
         "access_history.html",
         entries=entries,

@@ -63,7 +63,7 @@ def _is_htmx(request: PatientRequest) -> bool:
 
 @get("/consent", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def consent_page(request: PatientRequest, portal: PortalDep) -> Template:
-    patient_id = patient_id_of(request, portal)
+    patient_id = patient_id_of(request)
     return Template(
         template_name="patient/consent.html",
         context={
@@ -78,7 +78,7 @@ def consent_page(request: PatientRequest, portal: PortalDep) -> Template:
 def change_consent(
     code: FromPath[str], request: PatientRequest, data: URLEncodedBody[ChangeForm], portal: PortalDep
 ) -> Template | Redirect:
-    patient_id = patient_id_of(request, portal)
+    patient_id = patient_id_of(request)
     try:
         portal.consent.change(
             patient_id, code, data.event, channel="portal", actor=f"patient:{request.user.subject_id}"
@@ -178,7 +178,7 @@ def receipt_pdf(receipt_id: FromPath[str], request: PatientRequest, portal: Port
 
 def _own_receipt(request: PatientRequest, portal: Any, receipt_id: str) -> dict[str, Any]:
     try:
-        document: dict[str, Any] = portal.consent.receipt(patient_id_of(request, portal), receipt_id)
+        document: dict[str, Any] = portal.consent.receipt(patient_id_of(request), receipt_id)
     except ConsentError:
         raise NotFoundException("no such receipt") from None
     return document
@@ -187,7 +187,7 @@ def _own_receipt(request: PatientRequest, portal: Any, receipt_id: str) -> dict[
 @get("/consent/fhir/{code:str}", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
 def consent_fhir(code: FromPath[str], request: PatientRequest, portal: PortalDep) -> Response[dict[str, Any]]:
     try:
-        resource = portal.consent.fhir_consent(patient_id_of(request, portal), code)
+        resource = portal.consent.fhir_consent(patient_id_of(request), code)
     except ConsentError:
         raise NotFoundException("no such consent purpose") from None
     return Response(resource, media_type="application/fhir+json")

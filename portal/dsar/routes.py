@@ -80,7 +80,7 @@ def my_requests(request: AnyRequest, portal: PortalDep) -> Template:
         template_name="patient/requests.html",
         context={
             "active": "requests",
-            "requests": portal.requests.patient_requests(patient_id_of(request, portal)),
+            "requests": portal.requests.patient_requests(patient_id_of(request)),
             "labels": LABELS,
         },
     )
@@ -103,7 +103,7 @@ def _export_page(request: AnyRequest, portal: Any, form: ExportForm, error: str 
 def submit_export(request: AnyRequest, data: URLEncodedBody[ExportForm], portal: PortalDep) -> Redirect | Template:
     try:
         scope = parse_scope(data, today=portal.requests.clock().date())
-        created = portal.requests.submit_export(request.auth, patient_id_of(request, portal), scope)
+        created = portal.requests.submit_export(request.auth, patient_id_of(request), scope)
     except (FormError, RequestError, StepUpRequiredError) as exc:
         return _export_page(request, portal, data, str(exc))
     return Redirect(f"/requests/{created.id}", status_code=303)
@@ -146,7 +146,7 @@ def erasure_form(request: AnyRequest, portal: PortalDep) -> Template:
 
 
 def _erasure_page(request: AnyRequest, portal: Any, error: str | None = None) -> Template:
-    patient_id = patient_id_of(request, portal)
+    patient_id = patient_id_of(request)
     return Template(
         template_name="patient/request_erasure.html",
         status_code=400 if error else 200,
@@ -165,7 +165,7 @@ def submit_erasure(request: AnyRequest, data: URLEncodedBody[ErasureForm], porta
     if data.understood != "yes":
         return _erasure_page(request, portal, "tick the box to confirm you understand what will be erased")
     try:
-        created = portal.requests.submit_erasure(request.auth, patient_id_of(request, portal))
+        created = portal.requests.submit_erasure(request.auth, patient_id_of(request))
     except (RequestError, StepUpRequiredError) as exc:
         return _erasure_page(request, portal, str(exc))
     return Redirect(f"/requests/{created.id}", status_code=303)
@@ -178,7 +178,7 @@ def my_request(request_id: FromPath[str], request: AnyRequest, portal: PortalDep
 
 def _own_view(request: AnyRequest, portal: Any, request_id: str) -> RequestView:
     try:
-        view: RequestView = portal.requests.view(request_id, patient_id=patient_id_of(request, portal))
+        view: RequestView = portal.requests.view(request_id, patient_id=patient_id_of(request))
     except RequestError:
         raise NotFoundException("no such request") from None
     return view
@@ -218,7 +218,7 @@ def request_status(request_id: FromPath[str], request: AnyRequest, portal: Porta
 )
 def cancel(request_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Redirect | Template:
     try:
-        portal.requests.cancel(patient_id_of(request, portal), request_id, actor=_actor(request))
+        portal.requests.cancel(patient_id_of(request), request_id, actor=_actor(request))
     except RequestError as exc:
         return _request_page(request, portal, request_id, str(exc))
     return Redirect(f"/requests/{request_id}", status_code=303)
@@ -235,7 +235,7 @@ def reply(
     request_id: FromPath[str], request: AnyRequest, data: URLEncodedBody[TextForm], portal: PortalDep
 ) -> Redirect | Template:
     try:
-        portal.requests.reply(patient_id_of(request, portal), request_id, data.text, actor=_actor(request))
+        portal.requests.reply(patient_id_of(request), request_id, data.text, actor=_actor(request))
     except RequestError as exc:
         return _request_page(request, portal, request_id, str(exc))
     return Redirect(f"/requests/{request_id}", status_code=303)
@@ -250,7 +250,7 @@ def reply(
 )
 def download(request_id: FromPath[str], request: AnyRequest, portal: PortalDep) -> Response[bytes] | Template:
     try:
-        data, filename = portal.requests.download_export(request.auth, patient_id_of(request, portal), request_id)
+        data, filename = portal.requests.download_export(request.auth, patient_id_of(request), request_id)
     except (RequestError, StepUpRequiredError) as exc:
         return _request_page(request, portal, request_id, str(exc))
     return Response(
@@ -269,7 +269,7 @@ def download(request_id: FromPath[str], request: AnyRequest, portal: PortalDep) 
 def my_certificate(
     request_id: FromPath[str], fmt: FromPath[str], request: AnyRequest, portal: PortalDep
 ) -> Response[bytes]:
-    return _certificate(portal, request_id, fmt, patient_id=patient_id_of(request, portal))
+    return _certificate(portal, request_id, fmt, patient_id=patient_id_of(request))
 
 
 def _certificate(portal: Any, request_id: str, fmt: str, *, patient_id: str | None) -> Response[bytes]:

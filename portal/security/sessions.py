@@ -12,18 +12,19 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import partial
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import anyio.to_thread
 from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import Boolean, Index, Integer, String, select, update
+from sqlalchemy import Boolean, Index, Integer, Select, String, bindparam, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from portal.accounts.models import Account
 from portal.db import Base, Database, UTCDateTime, utcnow
+from portal.hot_reads import HotReads
 
 COOKIE_NAME = "__Host-portal_session"
 SubjectKind = Literal["patient", "staff"]
@@ -85,17 +86,38 @@ class Principal:
     roles: frozenset[str]
     session_handle: str
     restricted: bool = False
+    # The record a patient's account is linked to (fixed once linked), read with the session so
+    # patient pages need no account look-up of their own.
+    patient_id: str | None = None
 
 
 def hash_session_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class LoadedSession:
+    session: WebSession
+    patient_id: str | None
+
+    def principal(self) -> Principal:
+        found = self.session
+        return Principal(
+            found.subject_kind,
+            found.subject_id,
+            found.role_set,
+            found.handle,
+            restricted=found.restricted,
+            patient_id=self.patient_id,
+        )
+
+
 class SessionService:
     """Owns every change to the web_sessions table."""
 
-    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, db: Database, hot: HotReads, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
+        self.hot = hot
         self.clock = clock
 
     def create(
@@ -141,10 +163,28 @@ class SessionService:
         if found is None or not found.is_live(now):
             return None
         if touch and now - found.last_seen_at >= LAST_SEEN_GRANULARITY:
-            with self.db.write() as session:
-                session.execute(update(WebSession).where(WebSession.id_hash == id_hash).values(last_seen_at=now))
-            found.last_seen_at = now
+            self._touch(found, now)
         return found
+
+    async def load_with_patient(self, token: str, *, touch: bool = True) -> LoadedSession | None:
+        """``load`` for every web request, on the event loop where the database allows it, with the
+        record the signed-in account is linked to."""
+        now = self.clock()
+        row = await self.hot.first(_SESSION_WITH_PATIENT, {"id_hash": hash_session_id(token)})
+        if row is None:
+            return None
+        found = WebSession(**{name: _utc(value) for name, value in zip(_SESSION_FIELDS, row[:-1], strict=True)})
+        if not found.is_live(now):
+            return None
+        if touch and now - found.last_seen_at >= LAST_SEEN_GRANULARITY:
+            # At most once per session every LAST_SEEN_GRANULARITY, so the worker thread is rare.
+            await anyio.to_thread.run_sync(self._touch, found, now)
+        return LoadedSession(found, row[-1])
+
+    def _touch(self, found: WebSession, now: datetime) -> None:
+        with self.db.write() as session:
+            session.execute(update(WebSession).where(WebSession.id_hash == found.id_hash).values(last_seen_at=now))
+        found.last_seen_at = now
 
     def rotate(self, session: Session, token: str, *, stepped_up: bool = False) -> str:
         """Replace a session's id (at sign-in and step-up), keeping its limits and owner."""
@@ -207,6 +247,26 @@ class SessionService:
             return [row for row in rows if row.is_live(now)]
 
 
+_SESSION_FIELDS = tuple(WebSession.__table__.c.keys())
+
+
+def _session_with_patient_statement() -> Select[Any]:
+    # Account ids are session subjects for patients and staff alike; only patients' link a record.
+    return (
+        select(*WebSession.__table__.c, Account.patient_id)
+        .outerjoin(Account, Account.id == WebSession.subject_id)
+        .where(WebSession.id_hash == bindparam("id_hash"))
+    )
+
+
+_SESSION_WITH_PATIENT = _session_with_patient_statement()
+
+
+def _utc(value: object) -> object:
+    """Times as the ORM gives them (UTC), whichever path read the row."""
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+
 def session_cookie(token: str, *, max_age: int | None = None) -> Cookie:
     """The session cookie, with every flag pinned: __Host- prefix, Secure, HttpOnly, SameSite=Lax.
 
@@ -244,16 +304,14 @@ class SessionMiddleware:
             return
         token = _cookie_value(scope, COOKIE_NAME)
         touch = not _is_passive(scope)
-        found = await anyio.to_thread.run_sync(partial(self.sessions.load, token, touch=touch)) if token else None
-        if found is not None:
-            scope["user"] = Principal(
-                found.subject_kind, found.subject_id, found.role_set, found.handle, restricted=found.restricted
-            )
-            scope["auth"] = found
+        loaded = await self.sessions.load_with_patient(token, touch=touch) if token else None
+        if loaded is not None:
+            scope["user"] = loaded.principal()
+            scope["auth"] = loaded.session
         else:
             scope["user"] = None
             scope["auth"] = None
-        if token and found is None:
+        if token and loaded is None:
             send = _clearing_cookie(send)
         await self.app(scope, receive, send)
 

@@ -13,9 +13,9 @@ from portal.container import Portal
 PortalDep = NamedDependency[Portal]
 
 
-def patient_id_of(request: Request[Any, Any, Any], portal: Portal) -> str:
+def patient_id_of(request: Request[Any, Any, Any]) -> str:
     """The record id of the signed-in patient (guards have already checked it is a patient)."""
-    account = portal.accounts.account(request.user.subject_id)
-    if account is None or account.patient_id is None:
+    patient_id: str | None = request.user.patient_id
+    if patient_id is None:
         raise NotFoundException("this account is not linked to a patient record")
-    return str(account.patient_id)
+    return patient_id

@@ -66,7 +66,7 @@ from typing import Any, TypeVar
 
 import httpx
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy import Column, Connection, Integer, MetaData, Row, String, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from portal import migrate
@@ -932,7 +932,7 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
     with portal.db.write() as session:
         cookie = portal.sessions.create(session, kind="patient", subject_id=target.account_id)
     web_session = portal.sessions.load(cookie)
-    principal = Principal("patient", target.account_id, frozenset(), "bench")
+    principal = Principal("patient", target.account_id, frozenset(), "bench", patient_id=pid)
     engine = _template_engine(bench.settings)
     app = SimpleNamespace(template_engine=engine)
     handler: Any = access_page.fn
@@ -969,18 +969,18 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
     flt = TimelineFilter()
     mine = select(AccessEvent).where(AccessEvent.patient_id == pid)
 
-    def in_session(query: Callable[[Session], object]) -> Callable[[], object]:
+    def on_connection(query: Callable[[Connection], object]) -> Callable[[], object]:
         def run() -> object:
-            with portal.db.read() as session:
-                return query(session)
+            with portal.db.lone_read() as conn:
+                return query(conn)
 
         return run
 
-    def page_rows(session: Session) -> list[AccessEvent]:
+    def page_rows(conn: Connection) -> list[Row[Any]]:
         ordered = mine.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id).limit(25)
-        return list(session.scalars(ordered).all())
+        return list(conn.execute(ordered).all())
 
-    rows = in_session(page_rows)()
+    rows = on_connection(page_rows)()
     assert isinstance(rows, list)
 
     def entries() -> None:
@@ -1005,13 +1005,13 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
     parts: list[tuple[str, Callable[[], object]]] = [
         *pages,
         ("route_function", lambda: handler(request=request, portal=portal, page=1)),
-        ("account_lookup", lambda: portal.accounts.account(target.account_id)),
+        ("session_and_patient_read", lambda: run_async(portal.sessions.load_with_patient(cookie, touch=False))),
         ("overview", lambda: access.overview(pid, flt)),
         ("timeline_page_and_count", lambda: access.timeline(pid, flt, page=1)),
-        ("page_rows_query", in_session(page_rows)),
+        ("page_rows_query", on_connection(page_rows)),
         ("page_entries_25", entries),
-        ("weekly_counts_query", in_session(lambda session: access._weekly_counts(session, pid, flt))),
-        ("organisation_names", in_session(lambda session: access._names(session, pid))),
+        ("weekly_counts_query", on_connection(lambda conn: access._weekly_counts(conn, pid, flt))),
+        ("organisation_names", on_connection(lambda conn: access._names(conn, pid))),
         ("weekly_chart_svg", lambda: weekly_chart(overview.weeks, overview.series)),
         ("render_template", lambda: render(template, request)),
     ]

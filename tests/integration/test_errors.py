@@ -60,10 +60,10 @@ def test_internal_failure_is_a_friendly_500_without_trace(
     """The session store failing mid-request yields our 500 page with a reference, no internals."""
     token = sign_in(client, portal)
 
-    def broken(_token: str) -> None:
+    async def broken(_token: str, *, touch: bool) -> None:
         raise RuntimeError("database connection string postgresql://secret@db")
 
-    monkeypatch.setattr(portal.sessions, "load", broken)
+    monkeypatch.setattr(portal.sessions, "load_with_patient", broken)
     response = client.get("/")
     assert token
     assert response.status_code == 500

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import anyio
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from portal.container import Portal
 from portal.security.sessions import COOKIE_NAME, hash_session_id
-from tests.conftest import FakeClock, csrf_token, sign_in
+from tests.conftest import ORIGIN, FakeClock, csrf_token, sign_in
+from tests.support.accounts import enrol_patient
+from tests.support.authenticator import SoftwareAuthenticator
 
 
 def _who(client: TestClient[Litestar]) -> int:
@@ -66,6 +71,28 @@ def test_idle_timeout_patient_30_minutes(portal: Portal) -> None:
     assert portal.sessions.load(token) is not None, "activity resets the idle timer"
     clock.advance(minutes=31)
     assert portal.sessions.load(token) is None
+
+
+def test_each_page_request_resets_the_idle_timer_and_reads_the_linked_record(
+    client: TestClient[Litestar], portal: Portal
+) -> None:
+    """ASVS 7.3.1: on the web path (the middleware's read), activity keeps a session alive, 30 idle
+    minutes end it; the session carries the record the patient's account is linked to."""
+    clock = FakeClock(datetime.now(UTC))
+    portal.sessions.clock = clock
+    mrn = enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
+    consents = client.get("/consent")
+    assert consents.status_code == 200
+    token = client.cookies.get(COOKIE_NAME, domain="portal.test") or ""
+    loaded = anyio.run(portal.sessions.load_with_patient, token)
+    assert loaded is not None and loaded.patient_id == portal.records.find_by_mrn(mrn)
+    for _ in range(3):
+        clock.advance(minutes=29)
+        assert client.get("/consent").status_code == 200
+    assert (stored := portal.sessions.load(token, touch=False)) is not None
+    assert stored.last_seen_at == clock.now, "the page request touched the session"
+    clock.advance(minutes=31)
+    assert client.get("/consent", follow_redirects=False).status_code in {303, 401}
 
 
 def test_idle_timeout_staff_15_minutes(portal: Portal) -> None:
