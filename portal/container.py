@@ -149,6 +149,7 @@ def build_portal(settings: Settings) -> Portal:
         ledger=ledger,
         records=records,
         keys=keys,
+        hot=hot,
         staff_named=settings.staff_named_in_access_history,
         staff_name=accounts.staff_name,
     )

@@ -77,30 +77,39 @@ class HotReads:
 
     async def first(self, statement: AnySelect, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a read-only statement, or None."""
+        rows = await self._read(statement, params, first=True)
+        return rows[0] if rows else None
+
+    async def all(self, statement: AnySelect, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of a read-only statement (keep it to a page)."""
+        return await self._read(statement, params, first=False)
+
+    async def _read(self, statement: AnySelect, params: Mapping[str, Any], *, first: bool) -> list[tuple[Any, ...]]:
         if self._pool is None or not self._owns_running_loop():
-            return await anyio.to_thread.run_sync(self._first_in_thread, statement, params)
+            return await anyio.to_thread.run_sync(self._read_in_thread, statement, params, first)
         try:
-            return await self._first_on_pool(self._pool, statement, params)
+            return await self._read_on_pool(self._pool, statement, params, first)
         except psycopg.OperationalError:
             await self._pool.check()
-            return await self._first_on_pool(self._pool, statement, params)
+            return await self._read_on_pool(self._pool, statement, params, first)
 
     def _owns_running_loop(self) -> bool:
         return asyncio.get_running_loop() is self._loop
 
-    async def _first_on_pool(
-        self, pool: AsyncConnectionPool, statement: AnySelect, params: Mapping[str, Any]
-    ) -> tuple[Any, ...] | None:
+    async def _read_on_pool(
+        self, pool: AsyncConnectionPool, statement: AnySelect, params: Mapping[str, Any], first: bool
+    ) -> list[tuple[Any, ...]]:
         sql, defaults = self._compiled(statement)
         async with pool.connection() as conn:
             cursor = await conn.execute(sql, {**defaults, **params}, prepare=True)
-            row = await cursor.fetchone()
-        return None if row is None else tuple(row)
+            rows = await cursor.fetchmany(1) if first else await cursor.fetchall()
+        return [tuple(row) for row in rows]
 
-    def _first_in_thread(self, statement: AnySelect, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def _read_in_thread(self, statement: AnySelect, params: Mapping[str, Any], first: bool) -> list[tuple[Any, ...]]:
         with self.db.lone_read() as conn:
-            row = conn.execute(statement, dict(params)).first()
-        return None if row is None else tuple(row)
+            result = conn.execute(statement, dict(params))
+            rows = result.fetchmany(1) if first else result.all()
+        return [tuple(row) for row in rows]
 
     def _compiled(self, statement: AnySelect) -> tuple[str, dict[str, Any]]:
         """The SQL and the values bound in the statement itself (literals), compiled once per statement."""

@@ -52,19 +52,19 @@ def _params(request: PatientRequest) -> dict[str, str | None]:
     return {key: request.query_params.get(key) for key in keys}
 
 
-@get("/access", opt=access(Rule.patient), sync_to_thread=True, include_in_schema=False)
-def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int] = 1) -> Template:
+@get("/access", opt=access(Rule.patient), include_in_schema=False)
+async def access_page(request: PatientRequest, portal: PortalDep, page: FromQuery[int] = 1) -> Template:
     patient_id = patient_id_of(request)
     params = _params(request)
     flt = _filter(params)
     page = max(page, 1)
     context = {"active": "access", "page": page, "params": params, "query": _query(params), "page_size": PAGE_SIZE}
     if request.headers.get("hx-request") == "true":  # htmx only ever asks /access for the next page: no chart
-        entries, total = portal.access.timeline(patient_id, flt, page=page)
+        entries, total = await portal.access.timeline(patient_id, flt, page=page)
         return Template(
             template_name="partials/access_rows.html", context={**context, "entries": entries, "total": total}
         )
-    overview = portal.access.overview(patient_id, flt, page=page)
+    overview = await portal.access.overview(patient_id, flt, page=page)
     summary = overview.summary
     return Template(
         template_name="patient/access.html",

@@ -13,11 +13,12 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
-from typing import Any, Protocol, cast
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, Protocol, cast
 
+import anyio.to_thread
 from cachetools import TTLCache
-from sqlalchemy import Connection, Row, String, Table, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, String, Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from portal.access.balp import AccessFacts, BalpError, parse_audit_event
@@ -32,6 +33,7 @@ from portal.access.models import (
 )
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
+from portal.hot_reads import HotReads
 from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
@@ -137,12 +139,14 @@ class AccessLog:
         ledger: Ledger,
         records: RecordStore,
         keys: KeyStore,
+        hot: HotReads,
         staff_named: bool,
         staff_name: Callable[[str], str | None],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._alert: AlertSender | None = None
         self.db = db
+        self.hot = hot
         self.ledger = ledger
         self.records = records
         self.keys = keys
@@ -458,34 +462,36 @@ class AccessLog:
 
     # ================================================================== the patient's timeline
 
-    def timeline(
+    async def timeline(
         self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
     ) -> tuple[list[TimelineEntry], int]:
         """One page of accesses, newest first, and the total that match (the "older accesses" partial)."""
-        with self.db.lone_read() as conn:
-            facts = conn.execute(PAGE_FACTS, {"patient_id": patient_id}).one()
-            summary = self._summary(conn, patient_id, flt, facts.version)
-            rows = conn.execute(_page_of(self._mine(patient_id, flt), page, page_size)).all()
-        return [self.entry(row) for row in rows], summary.total
+        facts = await self._page_facts(patient_id)
+        summary = await self._summary(patient_id, flt, facts.version)
+        return await self._page(patient_id, flt, page, page_size), summary.total
 
-    def overview(self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE) -> Overview:
+    async def overview(
+        self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
+    ) -> Overview:
         """Everything the access page shows: a page of accesses, the summary (chart, total, organisations)
         and the alert choices.
 
-        Read on one connection without a transaction (as ``lone_read`` gives): each statement sees
-        what was committed when it started, as it would in a read-committed transaction, and the
-        page's few statements save the BEGIN and ROLLBACK round trips.
+        The reads run on the event loop where the database allows it (``HotReads``), each seeing what
+        was committed when it started, as in a read-committed transaction.
         """
-        with self.db.lone_read() as conn:
-            facts = conn.execute(PAGE_FACTS, {"patient_id": patient_id}).one()
-            summary = self._summary(conn, patient_id, flt, facts.version)
-            rows = conn.execute(_page_of(self._mine(patient_id, flt), page, page_size)).all()
+        facts = await self._page_facts(patient_id)
+        summary = await self._summary(patient_id, flt, facts.version)
+        entries = await self._page(patient_id, flt, page, page_size)
         alerts = AlertPreference(
             patient_id=patient_id, emergency=bool(facts.emergency), new_organisation=bool(facts.new_organisation)
         )
-        return Overview(entries=[self.entry(row) for row in rows], summary=summary, alerts=alerts)
+        return Overview(entries=entries, summary=summary, alerts=alerts)
 
-    def _summary(self, conn: Connection, patient_id: str, flt: TimelineFilter, version: int | None) -> AccessSummary:
+    async def _page_facts(self, patient_id: str) -> PageFacts:
+        row = await self.hot.first(PAGE_FACTS, {"patient_id": patient_id})
+        return PageFacts(*row) if row is not None else PageFacts(None, None, None)
+
+    async def _summary(self, patient_id: str, flt: TimelineFilter, version: int | None) -> AccessSummary:
         """The weekly chart (whose counts add up to the total, so nothing is counted twice) and the
         organisations, from the cache while the patient's access-log ``version`` is unchanged.
 
@@ -497,18 +503,36 @@ class AccessLog:
             cached = self._summaries.get(key)
         if cached is not None:
             return cached
-        counts = self._weekly_counts(conn, patient_id, flt)
-        names = self._names(conn, patient_id)
+        summary = await anyio.to_thread.run_sync(self._summarise, patient_id, flt)
+        with self._summaries_lock:
+            self._summaries[key] = summary
+        return summary
+
+    def _summarise(self, patient_id: str, flt: TimelineFilter) -> AccessSummary:
+        with self.db.lone_read() as conn:
+            counts = self._weekly_counts(conn, patient_id, flt)
+            names = self._names(conn, patient_id)
         weeks, series = _weekly_series(counts, names)
-        summary = AccessSummary(
+        return AccessSummary(
             total=sum(count for _org, _week, count in counts),
             weeks=weeks,
             series=series,
             organisations=_known_names(names),
         )
-        with self._summaries_lock:
-            self._summaries[key] = summary
-        return summary
+
+    async def _page(self, patient_id: str, flt: TimelineFilter, page: int, page_size: int) -> list[TimelineEntry]:
+        shape, params = self._filter_terms(flt)
+        params.update(patient_id=patient_id, limit=page_size, offset=(max(page, 1) - 1) * page_size)
+        rows = [PageRow.of(row) for row in await self.hot.all(_page_statement(shape), params)]
+        if self._described_without_reads(patient_id, rows):
+            return [self.entry(row) for row in rows]
+        # A key to fetch from the key store, or a staff member's name: blocking reads, so in a worker thread.
+        return await anyio.to_thread.run_sync(lambda: [self.entry(row) for row in rows])
+
+    def _described_without_reads(self, patient_id: str, rows: Sequence[PageRow]) -> bool:
+        return all(self.keys.holds(patient_id, CATEGORY, row.key_version) for row in rows) and not (
+            self.staff_named and any(row.origin == "portal" for row in rows)
+        )
 
     def own_entry(self, patient_id: str, event_id: str) -> TimelineEntry | None:
         """One access of this patient's; another patient's is indistinguishable from a missing one."""
@@ -526,23 +550,23 @@ class AccessLog:
         return self._filtered(select(AccessEvent).where(AccessEvent.patient_id == patient_id), flt)
 
     def _filtered(self, query: Any, flt: TimelineFilter) -> Any:
-        if flt.start is not None:
-            query = query.where(AccessEvent.occurred_at >= flt.start)
-        if flt.end is not None:
-            query = query.where(AccessEvent.occurred_at < flt.end)
-        if flt.organisation:
-            query = query.where(AccessEvent.org_index == self._org_index(flt.organisation))
-        if flt.role:
-            query = query.where(AccessEvent.role_index == self._role_index(flt.role))
-        if flt.action:
-            query = query.where(AccessEvent.action == flt.action)
-        if flt.purpose:
-            query = query.where(AccessEvent.purpose == flt.purpose)
-        if flt.emergency_only:
-            query = query.where(AccessEvent.emergency.is_(True))
-        if flt.agent_kind:
-            query = query.where(AccessEvent.agent_kind == flt.agent_kind)
-        return query
+        shape, params = self._filter_terms(flt)
+        return query.where(*(FILTER_CONDITIONS[name] for name in shape)).params(params)
+
+    def _filter_terms(self, flt: TimelineFilter) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The names of the conditions (``FILTER_CONDITIONS``) this filter sets, and their parameters."""
+        values: dict[str, Any] = {
+            "start": flt.start,
+            "end": flt.end,
+            "organisation": self._org_index(flt.organisation) if flt.organisation else None,
+            "role": self._role_index(flt.role) if flt.role else None,
+            "action": flt.action or None,
+            "purpose": flt.purpose or None,
+            "emergency_only": True if flt.emergency_only else None,
+            "agent_kind": flt.agent_kind or None,
+        }
+        shape = tuple(name for name, value in values.items() if value is not None)
+        return shape, {f"filter_{name}": values[name] for name in shape if name != "emergency_only"}
 
     def seal(self, patient_id: str, table: str, row_id: str, plaintext: bytes) -> tuple[int, bytes]:
         """Encrypt under the patient's access-log key (bound to table and row); returns (key version, blob)."""
@@ -557,7 +581,7 @@ class AccessLog:
             return None
         return decrypt_field(dek, blob, _context(patient_id, table, row_id, version))
 
-    def entry(self, row: AccessEvent | Row[Any]) -> TimelineEntry:
+    def entry(self, row: AccessEvent | PageRow) -> TimelineEntry:
         details = self._details(row.patient_id, row.id, row.key_version, row.body)
         entry = TimelineEntry(
             row.id, row.occurred_at, row.action, row.purpose, row.emergency, row.agent_kind, row.origin, details, ""
@@ -653,11 +677,53 @@ class Overview:
 ERASED = "Erased"
 
 
-def _page_of(query: Any, page: int, page_size: int) -> Any:
+FILTER_CONDITIONS: dict[str, Any] = {
+    "start": AccessEvent.occurred_at >= bindparam("filter_start"),
+    "end": AccessEvent.occurred_at < bindparam("filter_end"),
+    "organisation": AccessEvent.org_index == bindparam("filter_organisation"),
+    "role": AccessEvent.role_index == bindparam("filter_role"),
+    "action": AccessEvent.action == bindparam("filter_action"),
+    "purpose": AccessEvent.purpose == bindparam("filter_purpose"),
+    "emergency_only": AccessEvent.emergency.is_(True),
+    "agent_kind": AccessEvent.agent_kind == bindparam("filter_agent_kind"),
+}
+
+
+class PageRow(NamedTuple):
+    """What the timeline shows of a stored access (the columns of ``_page_statement``)."""
+
+    id: str
+    patient_id: str
+    occurred_at: datetime
+    action: str
+    purpose: str
+    emergency: bool
+    agent_kind: str
+    origin: str
+    key_version: int
+    body: bytes
+
+    @classmethod
+    def of(cls, row: Sequence[Any]) -> PageRow:
+        # A bare driver gives times in the connection's time zone; the portal shows UTC everywhere.
+        return cls(*row)._replace(occurred_at=row[2].astimezone(UTC))
+
+
+class PageFacts(NamedTuple):
+    version: int | None
+    emergency: bool | None
+    new_organisation: bool | None
+
+
+@functools.cache  # one statement per combination of filters: hot reads compile each once
+def _page_statement(shape: tuple[str, ...]) -> Any:
+    """A page of the accesses of ``:patient_id`` that meet the conditions named in ``shape``, newest first."""
     return (
-        query.order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)
-        .limit(page_size)
-        .offset((max(page, 1) - 1) * page_size)
+        select(*(getattr(AccessEvent, name) for name in PageRow._fields))
+        .where(AccessEvent.patient_id == bindparam("patient_id"), *(FILTER_CONDITIONS[name] for name in shape))
+        .order_by(AccessEvent.occurred_at.desc(), AccessEvent.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
     )
 
 

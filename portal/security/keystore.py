@@ -169,6 +169,11 @@ class KeyStore:
             self._remember(patient_id, category, ActiveKey(version, dek))
         return dek
 
+    def holds(self, patient_id: str, category: str, version: int) -> bool:
+        """Whether ``key_version`` would answer from memory, without a read."""
+        cached = self._cached(patient_id, category)
+        return cached is not None and cached.version == version
+
     def _newest_version(self, patient_id: str, category: str) -> int | None:
         with self.db.read() as session:
             return session.scalar(

@@ -166,13 +166,17 @@ def median_cpu_of(repeat: int, fn: Callable[[], object]) -> float:
     return median_of(repeat, fn, time.process_time)
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop when it is installed (as uvicorn does), else on asyncio's loop."""
+def event_loop_runner() -> asyncio.Runner:
+    """A runner on uvloop when it is installed (as uvicorn uses), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    with event_loop_runner() as runner:
         return runner.run(coro)
 
 
@@ -850,7 +854,9 @@ def bench_timeline(bench: Bench, target: Target, args: argparse.Namespace, out: 
     )
     with live_server(bench.settings, bench.port, bench.base, args.web_processes) as server:
         if args.wrk_seconds > 0 and _wrk.available():
-            wrk_phase(server, page_kinds(target)[0], cookies, args, out)
+            for kind in page_kinds(target):
+                if kind.signed_in:
+                    wrk_phase(server, kind, cookies, args, out)
         for kind in page_kinds(target):
             serial = serial_latencies(server, kind, cookies[0], SERIAL_REQUESTS)
             out.figure(f"{kind.name}.serial_p50_ms", ms(statistics.median(serial)))
@@ -898,7 +904,8 @@ def wrk_phase(
 ) -> None:
     """The same page under wrk (C, a few microseconds per request), so the load generator does not share the
     cores with the server; wrk checks status codes only (the httpx phases check each page's content)."""
-    calls = [(kind.path, {"Cookie": f"{COOKIE_NAME}={cookie}"}) for cookie in cookies]
+    htmx = {"HX-Request": "true"} if kind.htmx else {}
+    calls = [(kind.path, {"Cookie": f"{COOKIE_NAME}={cookie}", **htmx}) for cookie in cookies]
     _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=2)  # warm-up
     result = _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=args.wrk_seconds)
     prefix = f"{kind.name}.wrk"
@@ -925,6 +932,16 @@ class FakeRequest:
 
 
 def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
+    # One event loop for every call, with the hot-read pool open on it, as in a web process.
+    with event_loop_runner() as runner:
+        runner.run(bench.portal.hot.open())
+        try:
+            profile_on(runner.run, bench, target, out)
+        finally:
+            runner.run(bench.portal.hot.close())
+
+
+def profile_on(on_loop: Callable[[Coroutine[Any, Any, Any]], Any], bench: Bench, target: Target, out: Reporter) -> None:
     from portal.app import _template_engine
 
     portal, access = bench.portal, bench.portal.access
@@ -946,7 +963,7 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
 
     def page(params: dict[str, str]) -> str:
         request = request_for(params)
-        return render(handler(request=request, portal=portal, page=1), request)
+        return render(on_loop(handler(request=request, portal=portal, page=1)), request)
 
     html = page({})
     if f"{target.events} accesses match" not in html:
@@ -991,23 +1008,23 @@ def bench_profile(bench: Bench, target: Target, out: Reporter) -> None:
         for row in rows:
             access.open(row.patient_id, "access_events", row.id, row.key_version, row.body)
 
-    overview = access.overview(pid, flt).summary
+    overview = on_loop(access.overview(pid, flt)).summary
     request = request_for({})
     htmx_request = FakeRequest(principal, {"user": principal, "auth": web_session}, {"hx-request": "true"}, {}, app)
-    template = handler(request=request, portal=portal, page=1)
+    template = on_loop(handler(request=request, portal=portal, page=1))
     pages: list[tuple[str, Callable[[], object]]] = [
         ("whole_page", lambda: page({})),
         ("whole_page_emergency", lambda: page({"emergency": "1"})),
         ("whole_page_organisation", lambda: page({"organisation": FILTER_ORGANISATION})),
         ("whole_page_action", lambda: page({"action": "update"})),
-        ("htmx_partial", lambda: access_page.fn(request=htmx_request, portal=portal, page=2)),
+        ("htmx_partial", lambda: on_loop(handler(request=htmx_request, portal=portal, page=2))),
     ]
     parts: list[tuple[str, Callable[[], object]]] = [
         *pages,
-        ("route_function", lambda: handler(request=request, portal=portal, page=1)),
-        ("session_and_patient_read", lambda: run_async(portal.sessions.load_with_patient(cookie, touch=False))),
-        ("overview", lambda: access.overview(pid, flt)),
-        ("timeline_page_and_count", lambda: access.timeline(pid, flt, page=1)),
+        ("route_function", lambda: on_loop(handler(request=request, portal=portal, page=1))),
+        ("session_and_patient_read", lambda: on_loop(portal.sessions.load_with_patient(cookie, touch=False))),
+        ("overview", lambda: on_loop(access.overview(pid, flt))),
+        ("timeline_page_and_count", lambda: on_loop(access.timeline(pid, flt, page=1))),
         ("page_rows_query", on_connection(page_rows)),
         ("page_entries_25", entries),
         ("weekly_counts_query", on_connection(lambda conn: access._weekly_counts(conn, pid, flt))),

@@ -6,6 +6,7 @@ import itertools
 import json
 from typing import Any
 
+import anyio
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -69,6 +70,10 @@ def test_ndjson_batch_reports_each_line_and_keeps_good_ones(client: Client, port
         assert session.scalar(select(func.count()).select_from(AccessEvent)) == 2
 
 
+def _rows_shown(page: str) -> int:
+    return page.count('/question"><span') + page.count('/question">Question')
+
+
 def test_all_bad_batch_is_422_and_stores_nothing(client: Client, portal: Portal) -> None:
     response = _post(client, _token(portal), '{"resourceType": "Patient"}')
     assert response.status_code == 422 and response.json()["rejected"] == 1
@@ -115,6 +120,12 @@ def test_patient_sees_plain_language_timeline_with_filters(client: Client, porta
     assert emergency.text.count('<strong class="tag">Emergency</strong>') == 1
     org = client.get("/access", params={"organisation": "City Emergency Hospital"})
     assert "1 access matches" in org.text
+    assert _rows_shown(org.text) == 1 and "City Emergency Hospital" in org.text
+    # Every filter of the page's own statement, served (on PostgreSQL, by the event loop's pool).
+    window = client.get("/access", params={"from": "2026-10-03", "to": "2026-10-05", "who": "person"})
+    assert _rows_shown(window.text) == 3 and "3 accesses match" in window.text
+    purpose = client.get("/access", params={"purpose": "ETREAT", "role": "cardiologist", "action": "read"})
+    assert _rows_shown(purpose.text) == 1 and "unconscious on arrival" in purpose.text
     more = client.get("/access", params={"page": "2"}, headers={"hx-request": "true"})
     assert more.text.lstrip().startswith('<tbody id="access-rows">') and more.text.count("<tr") >= 6
     pdf = client.get("/access/history.pdf")
@@ -138,14 +149,14 @@ def test_portal_staff_reads_appear_automatically(client: Client, portal: Portal)
     portal.records.read(
         patient_id, actor=f"staff:{officer.id}", role="privacy officer", purpose="PATRQT", categories=["clinical"]
     )
-    entries, total = portal.access.timeline(patient_id, TimelineFilter())
+    entries, total = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
     assert total == 1
     assert entries[0].sentence == (
         "Olivia Officer, privacy officer at Privacy office, Privacy portal viewed your clinical record "
         "because you asked"
     )
     portal.access.staff_named = False
-    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
     assert entries[0].sentence.startswith("A member of the privacy office (privacy officer)")
 
 
@@ -156,7 +167,7 @@ def test_erased_access_log_reads_as_erased(client: Client, portal: Portal) -> No
     assert patient_id is not None
     portal.keys.destroy(patient_id, "access_log", reason="test")
     portal.keys._cache.clear()
-    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
     assert entries[0].details is None and "erased" in entries[0].sentence
 
 
@@ -185,7 +196,7 @@ def test_question_an_access_and_read_the_finding(client: Client, portal: Portal,
     from tests.support.accounts import post_form
 
     _mrn, patient_id = _patient_with_events(client, portal)
-    entries, _ = portal.access.timeline(patient_id, TimelineFilter())
+    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
     target = entries[0]
     assert client.get(f"/access/{target.id}/question").status_code == 200
     empty = post_form(client, f"/access/{target.id}/question", {"text": "  "})
@@ -230,7 +241,7 @@ def test_someone_elses_case_is_not_found(client: Client, portal: Portal) -> None
     other = portal.records.find_by_mrn(other_mrn)
     assert other is not None
     _post(client, _token(portal), json.dumps(balp_event("o1", other_mrn)))
-    other_event = portal.access.timeline(other, TimelineFilter())[0][0]
+    other_event = anyio.run(portal.access.timeline, other, TimelineFilter())[0][0]
     case = portal.cases.open_case(other, other_event.id, "why?", actor="patient:x")
     enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
     assert client.get(f"/access/cases/{case.id}").status_code == 404
@@ -320,7 +331,7 @@ def test_weekly_chart_counts_every_access_in_its_week(client: Client, portal: Po
     )
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
-    overview = portal.access.overview(patient_id, TimelineFilter()).summary
+    overview = anyio.run(portal.access.overview, patient_id, TimelineFilter()).summary
     assert overview.weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
     assert overview.series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
     assert overview.organisations == ["A", "B"]
@@ -370,13 +381,14 @@ def test_overview_counts_agree_with_the_timeline_under_every_filter(client: Clie
         F(start=datetime(2026, 10, 5, tzinfo=UTC), end=datetime(2026, 10, 21, tzinfo=UTC)),
     ]
     for flt in filters:
-        overview = portal.access.overview(patient_id, flt).summary
-        entries, total = portal.access.timeline(patient_id, flt)
+        whole = anyio.run(portal.access.overview, patient_id, flt)
+        overview = whole.summary
+        entries, total = anyio.run(portal.access.timeline, patient_id, flt)
         assert overview.total == total == len(portal.access.all_entries(patient_id, flt)), flt
         assert sum(map(sum, overview.series.values())) == total, flt
-        assert [e.id for e in portal.access.overview(patient_id, flt).entries] == [e.id for e in entries], flt
+        assert [e.id for e in whole.entries] == [e.id for e in entries], flt
         assert overview.organisations == ["Lab Co", "Privacy portal", "St Example Hospital"]
-    everything = portal.access.overview(patient_id, F()).summary
+    everything = anyio.run(portal.access.overview, patient_id, F()).summary
     assert everything.total == 5 and list(everything.series) == ["Lab Co", "Privacy portal", "St Example Hospital"]
     assert everything.table[:2] == [("2026-W40", (1, 0, 1)), ("2026-W41", (0, 0, 1))]
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+import anyio
 import pytest
 
 from portal import migrate
@@ -57,7 +58,7 @@ def test_restored_backup_reads_the_same_records(portal: Portal, request: pytest.
         assert restored.ledger.verify().ok
         with restored.db.read() as session:
             assert session.get(AccessLogVersion, result.patient_id) is not None, "the restore rebuilt the version"
-        assert restored.access.overview(result.patient_id, TimelineFilter()).summary.total == 1
+        assert anyio.run(restored.access.overview, result.patient_id, TimelineFilter()).summary.total == 1
     finally:
         restored.close()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
+import anyio
 import cryptography
 import pytest
 from click.testing import CliRunner
@@ -334,7 +335,7 @@ def test_pack_for_an_access_dispute_verifies_and_holds_the_case(portal: Portal) 
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
     assert portal.access.ingest([balp_event("dispute-1", mrn)], sender="test-ehr").count("accepted") == 1
-    ((event,), _total) = portal.access.timeline(patient_id, TimelineFilter())
+    ((event,), _total) = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
     case = portal.cases.open_case(patient_id, event.id, "I was not treated that day", actor="patient:t")
     portal.cases.close(case.id, "not_justified", "The access was not needed for care.", actor="staff:t")
     with pytest.raises(EvidenceError, match="no access case"):
