@@ -80,28 +80,37 @@ class HotReads:
         rows = await self._read(statement, params, first=True)
         return rows[0] if rows else None
 
-    async def all(self, statement: AnySelect, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Every row of a read-only statement (keep it to a page)."""
-        return await self._read(statement, params, first=False)
+    async def all(
+        self, statement: AnySelect, params: Mapping[str, Any], *, plan_each_call: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Every row of a read-only statement (keep it to a page).
 
-    async def _read(self, statement: AnySelect, params: Mapping[str, Any], *, first: bool) -> list[tuple[Any, ...]]:
+        ``plan_each_call``: not prepared, so PostgreSQL plans it for the values given. For filters
+        whose selectivity differs from one patient to the next, a prepared statement's generic plan
+        can be ten times slower (measured: 2.5 ms against 0.15 ms for one organisation's accesses).
+        """
+        return await self._read(statement, params, first=False, prepare=not plan_each_call)
+
+    async def _read(
+        self, statement: AnySelect, params: Mapping[str, Any], *, first: bool, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
         if self._pool is None or not self._owns_running_loop():
             return await anyio.to_thread.run_sync(self._read_in_thread, statement, params, first)
         try:
-            return await self._read_on_pool(self._pool, statement, params, first)
+            return await self._read_on_pool(self._pool, statement, params, first, prepare)
         except psycopg.OperationalError:
             await self._pool.check()
-            return await self._read_on_pool(self._pool, statement, params, first)
+            return await self._read_on_pool(self._pool, statement, params, first, prepare)
 
     def _owns_running_loop(self) -> bool:
         return asyncio.get_running_loop() is self._loop
 
     async def _read_on_pool(
-        self, pool: AsyncConnectionPool, statement: AnySelect, params: Mapping[str, Any], first: bool
+        self, pool: AsyncConnectionPool, statement: AnySelect, params: Mapping[str, Any], first: bool, prepare: bool
     ) -> list[tuple[Any, ...]]:
         sql, defaults = self._compiled(statement)
         async with pool.connection() as conn:
-            cursor = await conn.execute(sql, {**defaults, **params}, prepare=True)
+            cursor = await conn.execute(sql, {**defaults, **params}, prepare=prepare)
             rows = await cursor.fetchmany(1) if first else await cursor.fetchall()
         return [tuple(row) for row in rows]
 

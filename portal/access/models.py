@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.db import Base, UTCDateTime, new_id, utcnow
@@ -30,6 +30,14 @@ class AccessEvent(Base):
             "agent_kind",
             "action",
             "purpose",
+        ),
+        # "Emergency only", newest first, without sorting every emergency access of the patient.
+        Index(
+            "ix_access_events_emergency",
+            "patient_id",
+            "occurred_at",
+            postgresql_where=text("emergency IS true"),
+            sqlite_where=text("emergency IS true"),
         ),
     )
 

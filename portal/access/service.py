@@ -523,7 +523,8 @@ class AccessLog:
     async def _page(self, patient_id: str, flt: TimelineFilter, page: int, page_size: int) -> list[TimelineEntry]:
         shape, params = self._filter_terms(flt)
         params.update(patient_id=patient_id, limit=page_size, offset=(max(page, 1) - 1) * page_size)
-        rows = [PageRow.of(row) for row in await self.hot.all(_page_statement(shape), params)]
+        found = await self.hot.all(_page_statement(shape), params, plan_each_call=True)
+        rows = [PageRow.of(row) for row in found]
         if self._described_without_reads(patient_id, rows):
             return [self.entry(row) for row in rows]
         # A key to fetch from the key store, or a staff member's name: blocking reads, so in a worker thread.
