@@ -6,7 +6,6 @@ import itertools
 import json
 from typing import Any
 
-import anyio
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -17,6 +16,7 @@ from portal.access.service import AccessLog, TimelineFilter
 from portal.container import Portal
 from tests.conftest import ORIGIN
 from tests.support.accounts import enrol_patient, new_patient
+from tests.support.aio import run_async
 from tests.support.authenticator import SoftwareAuthenticator
 from tests.support.balp import balp_event
 
@@ -149,14 +149,14 @@ def test_portal_staff_reads_appear_automatically(client: Client, portal: Portal)
     portal.records.read(
         patient_id, actor=f"staff:{officer.id}", role="privacy officer", purpose="PATRQT", categories=["clinical"]
     )
-    entries, total = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
+    entries, total = run_async(portal.access.timeline, patient_id, TimelineFilter())
     assert total == 1
     assert entries[0].sentence == (
         "Olivia Officer, privacy officer at Privacy office, Privacy portal viewed your clinical record "
         "because you asked"
     )
     portal.access.staff_named = False
-    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
+    entries, _ = run_async(portal.access.timeline, patient_id, TimelineFilter())
     assert entries[0].sentence.startswith("A member of the privacy office (privacy officer)")
 
 
@@ -167,7 +167,7 @@ def test_erased_access_log_reads_as_erased(client: Client, portal: Portal) -> No
     assert patient_id is not None
     portal.keys.destroy(patient_id, "access_log", reason="test")
     portal.keys._cache.clear()
-    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
+    entries, _ = run_async(portal.access.timeline, patient_id, TimelineFilter())
     assert entries[0].details is None and "erased" in entries[0].sentence
 
 
@@ -196,7 +196,7 @@ def test_question_an_access_and_read_the_finding(client: Client, portal: Portal,
     from tests.support.accounts import post_form
 
     _mrn, patient_id = _patient_with_events(client, portal)
-    entries, _ = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
+    entries, _ = run_async(portal.access.timeline, patient_id, TimelineFilter())
     target = entries[0]
     assert client.get(f"/access/{target.id}/question").status_code == 200
     empty = post_form(client, f"/access/{target.id}/question", {"text": "  "})
@@ -241,7 +241,7 @@ def test_someone_elses_case_is_not_found(client: Client, portal: Portal) -> None
     other = portal.records.find_by_mrn(other_mrn)
     assert other is not None
     _post(client, _token(portal), json.dumps(balp_event("o1", other_mrn)))
-    other_event = anyio.run(portal.access.timeline, other, TimelineFilter())[0][0]
+    other_event = run_async(portal.access.timeline, other, TimelineFilter())[0][0]
     case = portal.cases.open_case(other, other_event.id, "why?", actor="patient:x")
     enrol_patient(client, portal, SoftwareAuthenticator(ORIGIN))
     assert client.get(f"/access/cases/{case.id}").status_code == 404
@@ -331,7 +331,7 @@ def test_weekly_chart_counts_every_access_in_its_week(client: Client, portal: Po
     )
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
-    overview = anyio.run(portal.access.overview, patient_id, TimelineFilter()).summary
+    overview = run_async(portal.access.overview, patient_id, TimelineFilter()).summary
     assert overview.weeks == ["2026-W41", "2026-W42", "2026-W43", "2026-W44"]
     assert overview.series == {"A": [1, 0, 0, 1], "B": [1, 1, 0, 0]}
     assert overview.organisations == ["A", "B"]
@@ -381,14 +381,14 @@ def test_overview_counts_agree_with_the_timeline_under_every_filter(client: Clie
         F(start=datetime(2026, 10, 5, tzinfo=UTC), end=datetime(2026, 10, 21, tzinfo=UTC)),
     ]
     for flt in filters:
-        whole = anyio.run(portal.access.overview, patient_id, flt)
+        whole = run_async(portal.access.overview, patient_id, flt)
         overview = whole.summary
-        entries, total = anyio.run(portal.access.timeline, patient_id, flt)
+        entries, total = run_async(portal.access.timeline, patient_id, flt)
         assert overview.total == total == len(portal.access.all_entries(patient_id, flt)), flt
         assert sum(map(sum, overview.series.values())) == total, flt
         assert [e.id for e in whole.entries] == [e.id for e in entries], flt
         assert overview.organisations == ["Lab Co", "Privacy portal", "St Example Hospital"]
-    everything = anyio.run(portal.access.overview, patient_id, F()).summary
+    everything = run_async(portal.access.overview, patient_id, F()).summary
     assert everything.total == 5 and list(everything.series) == ["Lab Co", "Privacy portal", "St Example Hospital"]
     assert everything.table[:2] == [("2026-W40", (1, 0, 1)), ("2026-W41", (0, 0, 1))]
 

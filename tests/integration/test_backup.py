@@ -6,7 +6,6 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-import anyio
 import pytest
 
 from portal import migrate
@@ -17,6 +16,7 @@ from portal.container import Portal, build_portal
 from portal.records.synthetic import generate_patient_bundle
 from portal.security.crypto import KekRing
 from portal.settings import Settings
+from tests.support.aio import run_async
 
 
 def _restore_target(portal: Portal, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
@@ -58,7 +58,7 @@ def test_restored_backup_reads_the_same_records(portal: Portal, request: pytest.
         assert restored.ledger.verify().ok
         with restored.db.read() as session:
             assert session.get(AccessLogVersion, result.patient_id) is not None, "the restore rebuilt the version"
-        assert anyio.run(restored.access.overview, result.patient_id, TimelineFilter()).summary.total == 1
+        assert run_async(restored.access.overview, result.patient_id, TimelineFilter()).summary.total == 1
     finally:
         restored.close()
 

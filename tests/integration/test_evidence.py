@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
-import anyio
 import cryptography
 import pytest
 from click.testing import CliRunner
@@ -35,6 +34,7 @@ from portal.records.synthetic import MRN_SYSTEM, generate_patient_bundle
 from portal.settings import Settings
 from tests.conftest import ORIGIN, make_settings
 from tests.support.accounts import confirm_birth_date, enrol_staff, post_form, register, step_up, token_of
+from tests.support.aio import run_async
 from tests.support.authenticator import SoftwareAuthenticator
 from tests.support.pdf import is_tagged_pdf_ua
 
@@ -335,7 +335,7 @@ def test_pack_for_an_access_dispute_verifies_and_holds_the_case(portal: Portal) 
     patient_id = portal.records.find_by_mrn(mrn)
     assert patient_id is not None
     assert portal.access.ingest([balp_event("dispute-1", mrn)], sender="test-ehr").count("accepted") == 1
-    ((event,), _total) = anyio.run(portal.access.timeline, patient_id, TimelineFilter())
+    ((event,), _total) = run_async(portal.access.timeline, patient_id, TimelineFilter())
     case = portal.cases.open_case(patient_id, event.id, "I was not treated that day", actor="patient:t")
     portal.cases.close(case.id, "not_justified", "The access was not needed for care.", actor="staff:t")
     with pytest.raises(EvidenceError, match="no access case"):

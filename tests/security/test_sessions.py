@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import anyio
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -12,6 +11,7 @@ from portal.container import Portal
 from portal.security.sessions import COOKIE_NAME, hash_session_id
 from tests.conftest import ORIGIN, FakeClock, csrf_token, sign_in
 from tests.support.accounts import enrol_patient
+from tests.support.aio import run_async
 from tests.support.authenticator import SoftwareAuthenticator
 
 
@@ -84,7 +84,7 @@ def test_each_page_request_resets_the_idle_timer_and_reads_the_linked_record(
     consents = client.get("/consent")
     assert consents.status_code == 200
     token = client.cookies.get(COOKIE_NAME, domain="portal.test") or ""
-    loaded = anyio.run(portal.sessions.load_with_patient, token)
+    loaded = run_async(portal.sessions.load_with_patient, token)
     assert loaded is not None and loaded.patient_id == portal.records.find_by_mrn(mrn)
     for _ in range(3):
         clock.advance(minutes=29)
