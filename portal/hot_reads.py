@@ -1,4 +1,5 @@
-"""One-statement reads on the event loop, for the API calls other systems make many times a second.
+"""Reads on the event loop, for what runs many times a second: the API calls of other systems, the
+session look-up of every web request, and the patient's access page.
 
 Every consent decision reads the calling client's status and the patient's choice. Through the
 ORM stack in a worker thread such a read costs about 420 µs of CPU (thread hand-off, GIL
