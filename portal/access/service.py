@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, cast
 
 import anyio.to_thread
+import msgspec
 from cachetools import TTLCache
 from sqlalchemy import Connection, String, Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ from portal.access.models import (
     week_of,
 )
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.db import Database, new_id, utcnow
+from portal.db import Database, insert_rows, new_id, utcnow
 from portal.hot_reads import HotReads
 from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
@@ -131,6 +132,68 @@ class TimelineEntry:
     sentence: str
 
 
+class _NewRows:
+    """The access_events rows of one ingest batch, made one at a time, with what each row implies: its
+    line's result, its ledger event, and whether it may alert the patient (sent once the rows are stored)."""
+
+    def __init__(
+        self,
+        sender: str,
+        *,
+        keys: Mapping[str, ActiveKey],
+        org_index: Callable[[str], str],
+        role_index: Callable[[str | None], str],
+        known: set[str],
+        orgs_seen: set[tuple[str, str]],
+    ) -> None:
+        self.sender = sender
+        self.keys = keys
+        self.org_index = org_index
+        self.role_index = role_index
+        self.known = known
+        self.orgs_seen = orgs_seen
+        self.events: list[AuditEvent] = []
+        self.alerts: list[tuple[str, AccessFacts, str, bool]] = []  # (patient id, facts, row id, new organisation)
+
+    def rows(
+        self, parsed: Sequence[tuple[int, AccessFacts, str, str]], result: IngestResult
+    ) -> Iterator[dict[str, Any]]:
+        """The rows to store, in order; the lines of duplicates go straight to ``result``."""
+        for index, facts, patient_id, key in parsed:
+            if key in self.known:
+                result.lines.append(LineResult(index, "duplicate", "already recorded"))
+                continue
+            self.known.add(key)
+            as_dict = facts.as_dict()
+            row = _access_row(
+                patient_id,
+                key,
+                facts,
+                origin="api",
+                as_dict=as_dict,
+                key=self.keys[patient_id],
+                org_index=self.org_index(facts.organisation),
+                role_index=self.role_index(facts.role),
+            )
+            org = (patient_id, row["org_index"])
+            self.alerts.append((patient_id, facts, row["id"], org not in self.orgs_seen))
+            self.orgs_seen.add(org)
+            result.lines.append(LineResult(index, "accepted", id=row["id"]))
+            self.events.append(
+                AuditEvent(
+                    action="access.recorded",
+                    actor=self.sender,
+                    role="integration",
+                    subject=patient_id,
+                    object=f"access-event:{row['id']}",
+                    purpose=facts.purpose,
+                    details={"action": facts.action, "emergency": facts.emergency},
+                    payload=as_dict,
+                )
+            )
+            yield row
+
+
 class AccessLog:
     def __init__(
         self,
@@ -194,7 +257,7 @@ class AccessLog:
                 dict(
                     session.execute(
                         select(PatientIdentifier.index, PatientIdentifier.patient_id).where(
-                            PatientIdentifier.index.in_(indexes)
+                            self.db.among(PatientIdentifier.index, indexes)
                         )
                     ).all()
                 )
@@ -218,58 +281,30 @@ class AccessLog:
         with self.db.write() as session:
             known = set(
                 session.scalars(
-                    select(AccessEvent.source_key).where(AccessEvent.source_key.in_([key for *_rest, key in parsed]))
+                    select(AccessEvent.source_key).where(
+                        self.db.among(AccessEvent.source_key, [key for *_rest, key in parsed])
+                    )
                 )
             )
             preferences = {
                 p.patient_id: p
-                for p in session.scalars(select(AlertPreference).where(AlertPreference.patient_id.in_(batch_patients)))
+                for p in session.scalars(
+                    select(AlertPreference).where(self.db.among(AlertPreference.patient_id, batch_patients))
+                )
             }
             orgs_seen = self._known_organisations(
                 session,
                 {p.patient_id for p in preferences.values() if p.new_organisation},
                 {org_index(facts.organisation) for _i, facts, _p, _k in parsed},
             )
-            rows: list[dict[str, Any]] = []
-            events: list[AuditEvent] = []
-            seen: set[str] = set()
-            for index, facts, patient_id, key in parsed:
-                if key in known or key in seen:
-                    result.lines.append(LineResult(index, "duplicate", "already recorded"))
-                    continue
-                seen.add(key)
-                as_dict = facts.as_dict()
-                row = self._row(
-                    patient_id,
-                    key,
-                    facts,
-                    origin="api",
-                    as_dict=as_dict,
-                    key=keys[patient_id],
-                    org_index=org_index(facts.organisation),
-                    role_index=role_index(facts.role),
-                )
-                rows.append(row)
-                org = (patient_id, row["org_index"])
-                self._alerts_for(session, preferences.get(patient_id), facts, row["id"], new_org=org not in orgs_seen)
-                orgs_seen.add(org)
-                result.lines.append(LineResult(index, "accepted", id=row["id"]))
-                events.append(
-                    AuditEvent(
-                        action="access.recorded",
-                        actor=sender,
-                        role="integration",
-                        subject=patient_id,
-                        object=f"access-event:{row['id']}",
-                        purpose=facts.purpose,
-                        details={"action": facts.action, "emergency": facts.emergency},
-                        payload=as_dict,
-                    )
-                )
-            if rows:
-                # One executemany, no ORM objects: batches hold thousands.
-                session.execute(insert(ACCESS_EVENTS), rows)
-            self.ledger.append_many(session, events)
+            batch = _NewRows(
+                sender, keys=keys, org_index=org_index, role_index=role_index, known=known, orgs_seen=orgs_seen
+            )
+            # The rows are built while COPY sends them: the database stores each while the next is encrypted.
+            insert_rows(session.connection(), ACCESS_EVENTS, batch.rows(parsed, result))
+            for patient_id, facts, row_id, new_org in batch.alerts:
+                self._alerts_for(session, preferences.get(patient_id), facts, row_id, new_org=new_org)
+            self.ledger.append_many(session, batch.events)
 
     def _known_organisations(self, session: Session, patients: set[str], orgs: set[str]) -> set[tuple[str, str]]:
         """Which of these organisations already accessed each of these patients' records (for alerts)."""
@@ -278,42 +313,9 @@ class AccessLog:
         rows = session.execute(
             select(AccessEvent.patient_id, AccessEvent.org_index)
             .distinct()
-            .where(AccessEvent.patient_id.in_(patients), AccessEvent.org_index.in_(orgs))
+            .where(self.db.among(AccessEvent.patient_id, patients), self.db.among(AccessEvent.org_index, orgs))
         ).all()
         return {(patient_id, org) for patient_id, org in rows}
-
-    def _row(
-        self,
-        patient_id: str,
-        source_key: str,
-        facts: AccessFacts,
-        *,
-        origin: str,
-        as_dict: dict[str, Any],
-        key: ActiveKey,
-        org_index: str,
-        role_index: str,
-    ) -> dict[str, Any]:
-        """An access_events row, its details encrypted under ``key`` (the patient's current access-log key)."""
-        row_id = new_id()
-        details = {k: v for k, v in as_dict.items() if k not in {"patient_identifier", "occurred_at"}}
-        return {
-            "id": row_id,
-            "patient_id": patient_id,
-            "source_key": source_key,
-            "occurred_at": facts.occurred_at,
-            "week": week_of(facts.occurred_at),
-            "action": facts.action,
-            "purpose": facts.purpose,
-            "emergency": facts.emergency,
-            "agent_kind": facts.agent_kind,
-            "origin": origin,
-            "org_index": org_index,
-            "role_index": role_index,
-            "key_version": key.version,
-            "body": _encrypt(key, patient_id, "access_events", row_id, json.dumps(details).encode()),
-            "created_at": utcnow(),
-        }
 
     def _source_key(self, sender: str, event_id: str) -> str:
         return self.records.blind("access-source", f"{sender}|{event_id}")
@@ -448,7 +450,7 @@ class AccessLog:
             recipient=None,
             patient_identifier=("", ""),
         )
-        row = self._row(
+        row = _access_row(
             patient_id,
             self._source_key("portal", facts.event_id),
             facts,
@@ -801,6 +803,39 @@ def _known_names(names: dict[str, str]) -> list[str]:
 def _iso_week(day: date) -> str:
     year, week, _weekday = day.isocalendar()
     return f"{year}-W{week:02d}"
+
+
+def _access_row(
+    patient_id: str,
+    source_key: str,
+    facts: AccessFacts,
+    *,
+    origin: str,
+    as_dict: dict[str, Any],
+    key: ActiveKey,
+    org_index: str,
+    role_index: str,
+) -> dict[str, Any]:
+    """An access_events row, its details encrypted under ``key`` (the patient's current access-log key)."""
+    row_id = new_id()
+    details = {k: v for k, v in as_dict.items() if k not in {"patient_identifier", "occurred_at"}}
+    return {
+        "id": row_id,
+        "patient_id": patient_id,
+        "source_key": source_key,
+        "occurred_at": facts.occurred_at,
+        "week": week_of(facts.occurred_at),
+        "action": facts.action,
+        "purpose": facts.purpose,
+        "emergency": facts.emergency,
+        "agent_kind": facts.agent_kind,
+        "origin": origin,
+        "org_index": org_index,
+        "role_index": role_index,
+        "key_version": key.version,
+        "body": _encrypt(key, patient_id, "access_events", row_id, msgspec.json.encode(details)),
+        "created_at": utcnow(),
+    }
 
 
 def _encrypt(key: ActiveKey, patient_id: str, table: str, row_id: str, plaintext: bytes) -> bytes:

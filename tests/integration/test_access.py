@@ -10,7 +10,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
+from portal.access import service as access_service
 from portal.access.models import AccessEvent, AccessLogVersion
 from portal.access.service import AccessLog, TimelineFilter
 from portal.container import Portal
@@ -68,6 +70,47 @@ def test_ndjson_batch_reports_each_line_and_keeps_good_ones(client: Client, port
     assert again.json()["duplicate"] == 1, "idempotent by event id"
     with portal.db.read() as session:
         assert session.scalar(select(func.count()).select_from(AccessEvent)) == 2
+
+
+def _stored_accesses(portal: Portal) -> int:
+    with portal.db.read() as session:
+        return session.scalar(select(func.count()).select_from(AccessEvent)) or 0
+
+
+def test_a_batch_that_fails_while_its_rows_are_streamed_stores_nothing(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the rows go out through COPY while the batch is still being read; an error on the
+    third row, after two were sent, must leave neither rows nor ledger entries."""
+    mrn, _ = new_patient(portal)
+    made = itertools.count(1)
+    real_row = access_service._access_row
+
+    def third_row_fails(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if next(made) == 3:
+            raise RuntimeError("the process fails mid-batch")
+        return real_row(*args, **kwargs)
+
+    monkeypatch.setattr(access_service, "_access_row", third_row_fails)
+    ledger_size = portal.ledger.size()
+    with pytest.raises(RuntimeError, match="mid-batch"):
+        portal.access.ingest([balp_event(f"s{i}", mrn) for i in range(5)], sender="integration:ehr")
+    assert _stored_accesses(portal) == 0
+    assert portal.ledger.size() == ledger_size
+
+
+def test_a_row_the_database_refuses_mid_batch_fails_the_whole_batch(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database's own refusal (two rows with one id) reaches the caller as SQLAlchemy's IntegrityError,
+    on both backends, and nothing of the batch stays."""
+    mrn, _ = new_patient(portal)
+    monkeypatch.setattr(access_service, "new_id", lambda: "00000000-0000-4000-8000-000000000001")
+    ledger_size = portal.ledger.size()
+    with pytest.raises(IntegrityError):
+        portal.access.ingest([balp_event(f"d{i}", mrn) for i in range(3)], sender="integration:ehr")
+    assert _stored_accesses(portal) == 0
+    assert portal.ledger.size() == ledger_size
 
 
 def _rows_shown(page: str) -> int:
