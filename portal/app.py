@@ -157,6 +157,18 @@ def _spare_the_startup_heap_from_collection() -> None:
     """
     gc.collect()
     gc.freeze()
+    _collect_less_often()
+
+
+def _collect_less_often() -> None:
+    """Look for cycles every 20,000 new objects instead of every 700.
+
+    An ingest batch of 1,000 events makes some 300,000 objects, all alive until the batch is stored,
+    and the collector walked them again and again for nothing: 1,947 young, 176 middle and 16 full
+    collections over 40 batches, 8 µs an event (measured with ``gc.callbacks`` in the web process;
+    2.8 µs with these thresholds). Few cycles are made per request, so little memory waits longer.
+    """
+    gc.set_threshold(20_000, 20, 50)
 
 
 def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:

@@ -23,6 +23,8 @@ What it does, in one run (PostgreSQL by default: a throwaway cluster; SQLite fil
    executemany on SQLite); parsing, blind indexes, encryption and the ledger are not in it;
    (d) on PostgreSQL, the same rows by SQLAlchemy Core executemany (the conventional bulk insert,
    and this benchmark's baseline before ingest used COPY), for comparison.
+   Then ``--ingest-senders`` integrations post batches at the same time, to ``--web-processes``
+   uvicorn processes: the rate of several feeds at once, over the phase's wall time.
    The events name ``--ingest-patients`` patients with both identifier indexes an import stores.
    Then one more direct batch is profiled (cProfile) and its SQL statements counted;
 2. timeline: fills access_events to ``--table-events`` rows: ``--patient-events`` for the target
@@ -61,6 +63,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,6 +125,7 @@ SYSTEM_SHARE = 0.10  # of the fill's non-emergency accesses: automated systems
 REQUEST_TIMEOUT_S = 300.0
 LOG_SETTLE_S = 0.5
 MIN_ROUNDS = 3  # measured ingest rounds run even past --ingest-time-limit
+CONCURRENT_BATCHES_PER_SENDER = 8
 SERIAL_REQUESTS = 4  # per page kind, one at a time, after one warm-up request
 
 # (name, weight): the organisations that look at the records, and how often.
@@ -355,10 +359,50 @@ class Method:
     name: str
     seconds: list[float] = field(default_factory=list)
     events: int = 0
+    # For batches sent at the same time: the phase's wall time, as their durations overlap.
+    wall_seconds: float | None = None
 
     @property
     def per_second(self) -> float:
+        if self.wall_seconds is not None:
+            return self.events / self.wall_seconds
         return self.events / sum(self.seconds) if self.seconds else math.nan
+
+
+def concurrent_ingest(
+    bench: Bench, token: str, bodies: Sequence[bytes], senders: int, web_processes: int, size: int
+) -> Method:
+    """``senders`` integrations posting their batches at the same time (one thread and connection each),
+    as a hospital's several feeds would; the rate is all events over the wall time of the whole phase."""
+    method = Method("concurrent")
+    with live_server(bench.settings, bench.port, bench.base, web_processes) as server:
+
+        def send(own: Sequence[bytes]) -> list[float]:
+            seconds = []
+            with httpx.Client(base_url=server.base_url, headers={"host": server.host}, timeout=REQUEST_TIMEOUT_S) as c:
+                for body in own:
+                    start = time.perf_counter()
+                    response = c.post(
+                        "/api/v1/access-events",
+                        content=body,
+                        headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
+                    )
+                    seconds.append(time.perf_counter() - start)
+                    if response.status_code != 200 or response.json().get("accepted") != size:
+                        raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
+            return seconds
+
+        warm, measured = bodies[:senders], bodies[senders:]
+        with ThreadPoolExecutor(senders) as pool:
+            list(pool.map(send, [[body] for body in warm]))
+            start = time.perf_counter()
+            shares = [measured[i::senders] for i in range(senders)]
+            method.seconds = [s for seconds in pool.map(send, shares) for s in seconds]
+            wall = time.perf_counter() - start
+        server.stop()
+    method.events = len(measured) * size
+    method.wall_seconds = wall
+    return method
 
 
 def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out: Reporter) -> None:
@@ -446,6 +490,20 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
                     methods[name].seconds.append(seconds)
                     methods[name].events += size
         server.stop()
+    if args.ingest_senders > 1:
+        bodies = [
+            "\n".join(json.dumps(s.resource()) for s in specs("many")).encode()
+            for _ in range(args.ingest_senders * CONCURRENT_BATCHES_PER_SENDER)
+        ]
+        concurrent = concurrent_ingest(bench, token, bodies, args.ingest_senders, args.web_processes, size)
+        out.note(
+            f"concurrent ingest: {args.ingest_senders} senders, each posting {CONCURRENT_BATCHES_PER_SENDER} "
+            f"batches of {size:_} one after another, to {args.web_processes} web process(es); same table, after "
+            "the rounds above"
+        )
+        out.figure("api_concurrent_senders", args.ingest_senders)
+        out.figure("api_concurrent_events_per_s", concurrent.per_second)
+        out.figure("api_concurrent_batch_p50_ms", ms(percentile(concurrent.seconds, 0.5)))
     with portal.db.read() as session:
         for origin_name, sender_filter in (("ingested", AccessEvent.origin == "api"),):
             avg = session.scalar(select(func.avg(func.length(AccessEvent.body))).where(sender_filter))
@@ -1117,12 +1175,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--ingest-patients", type=int, default=200)
+    parser.add_argument(
+        "--ingest-senders", type=int, default=2, help="integrations posting at once in the concurrent phase (1: none)"
+    )
     parser.add_argument("--patient-events", type=int, default=10_000)
     parser.add_argument("--table-events", type=int, default=1_000_000, help="rows in access_events for the load")
     parser.add_argument("--other-patients", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=2_000, help="at most this many requests per load phase")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes for the timeline")
+    parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes for the timeline and the concurrent ingest")
     parser.add_argument(
         "--wrk-seconds", type=float, default=20.0, help="length of the wrk phase (0: none; needs the wrk package)"
     )
