@@ -175,6 +175,10 @@ class Database:
         with self._lone.connect() as conn:
             yield conn
 
+    def conninfo(self) -> str:
+        """The libpq connection string of this (PostgreSQL) database, for psycopg connections of our own."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
     def among(self, column: ColumnElement[Any] | QueryableAttribute[Any], values: Iterable[Any]) -> ColumnElement[bool]:
         """``column IN values``, for long lists: on PostgreSQL ``column = ANY(array)``, one parameter.
 

@@ -53,14 +53,12 @@ class HotReads:
         """
         if self.db.is_sqlite or self._pool is not None:
             return
-        conninfo = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         pool: AsyncConnectionPool = AsyncConnectionPool(
-            conninfo,
+            self.db.conninfo(),
             min_size=self.size,
             max_size=self.size,
             kwargs={"autocommit": True},
             check=self._ping_if_idle,
-            reset=self._stamp_return,
             name="hot-reads",
             open=False,
         )
@@ -113,6 +111,9 @@ class HotReads:
         async with pool.connection() as conn:
             cursor = await conn.execute(sql, {**defaults, **params}, prepare=prepare)
             rows = await cursor.fetchmany(1) if first else await cursor.fetchall()
+            # Stamped here, not by the pool's reset callback: with one, the pool hands every returned
+            # connection to a maintenance task, a few more event-loop steps per read.
+            self._returned_at[conn] = time.monotonic()
         return [tuple(row) for row in rows]
 
     def _read_in_thread(self, statement: AnySelect, params: Mapping[str, Any], first: bool) -> list[tuple[Any, ...]]:
@@ -129,9 +130,6 @@ class HotReads:
             compiled = statement.compile(dialect=self.db.engine.dialect)
             found = self._sql[id(statement)] = (str(compiled), dict(compiled.params))
         return found
-
-    async def _stamp_return(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._returned_at[conn] = time.monotonic()
 
     async def _ping_if_idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if time.monotonic() - self._returned_at.get(conn, 0.0) >= IDLE_PING_SECONDS:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
+import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Table, Text, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from portal.audit import merkle
 from portal.audit.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string, verify_checkpoint
 from portal.audit.scan import GENESIS, RowSource, chained, default_workers, scan_ledger
-from portal.db import Base, Database, UTCDateTime, insert_rows, utcnow
+from portal.db import IDLE_PING_SECONDS, Base, Database, UTCDateTime, insert_rows, utcnow
 
 ENTRY_VERSION = 2
 READ_BATCH = 50_000
@@ -222,6 +224,13 @@ class Ledger:
         committed = asyncio.wrap_future(self._group_committer().enqueue(event))
         async with asyncio.timeout(_GroupCommitter.TIMEOUT_SECONDS):
             return await committed
+
+    def close(self) -> None:
+        """Commit what waits in the group committer, then stop it (a process shutting down)."""
+        with self._group_lock:
+            group, self._group = self._group, None
+        if group is not None:
+            group.close()
 
     def _group_committer(self) -> _GroupCommitter:
         if self._group is None:
@@ -445,9 +454,13 @@ class _GroupCommitter:
     TIMEOUT_SECONDS = 30.0
 
     def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-        self._queue: queue.Queue[tuple[AuditEvent, Future[int]]] = queue.Queue()
-        threading.Thread(target=self._run, name="ledger-group-commit", daemon=True).start()
+        self._appender: _SessionAppender | _PipelinedAppender = (
+            _SessionAppender(ledger) if ledger.db.is_sqlite else _PipelinedAppender(ledger)
+        )
+        # None asks the thread to stop.
+        self._queue: queue.Queue[tuple[AuditEvent, Future[int]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ledger-group-commit", daemon=True)
+        self._thread.start()
 
     def submit(self, event: AuditEvent) -> int:
         return self.enqueue(event).result(timeout=self.TIMEOUT_SECONDS)
@@ -458,28 +471,130 @@ class _GroupCommitter:
         self._queue.put((event, done))
         return done
 
+    def close(self) -> None:
+        """Append what is queued, then stop the thread and close its connection (waits for both)."""
+        self._queue.put(None)
+        self._thread.join(timeout=self.TIMEOUT_SECONDS)
+
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            # A caller that gave up (its wait timed out and cancelled the future) is not answered, but
-            # its check still happened and is still recorded.
-            waiting = [done.set_running_or_notify_cancel() for _event, done in batch]
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._commit(batch)
+        self._appender.close()
+
+    def _next_batch(self) -> tuple[list[tuple[AuditEvent, Future[int]]], bool]:
+        """What is queued (waiting for at least one), up to MAX_BATCH; and whether to stop after it."""
+        batch: list[tuple[AuditEvent, Future[int]]] = []
+        item = self._queue.get()
+        while item is not None:
+            batch.append(item)
+            if len(batch) == self.MAX_BATCH:
+                return batch, False
             try:
-                with self._ledger.db.write() as session:
-                    seqs = self._ledger.append_many(session, [event for event, _done in batch])
-            except Exception as exc:
-                for (_event, done), answer in zip(batch, waiting, strict=True):
-                    if answer:
-                        done.set_exception(exc)
-                continue
-            for (_event, done), answer, seq in zip(batch, waiting, seqs, strict=True):
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _commit(self, batch: list[tuple[AuditEvent, Future[int]]]) -> None:
+        # A caller that gave up (its wait timed out and cancelled the future) is not answered, but
+        # its check still happened and is still recorded.
+        waiting = [done.set_running_or_notify_cancel() for _event, done in batch]
+        try:
+            seqs = self._appender.append([event for event, _done in batch])
+        except Exception as exc:
+            for (_event, done), answer in zip(batch, waiting, strict=True):
                 if answer:
-                    done.set_result(seq)
+                    done.set_exception(exc)
+            return
+        for (_event, done), answer, seq in zip(batch, waiting, seqs, strict=True):
+            if answer:
+                done.set_result(seq)
+
+
+class _SessionAppender:
+    """Appends a batch in a transaction of its own, through SQLAlchemy (``Ledger.append_many``)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def append(self, events: Sequence[AuditEvent]) -> list[int]:
+        with self._ledger.db.write() as session:
+            return self._ledger.append_many(session, events)
+
+    def close(self) -> None:
+        """Nothing of its own to close: its sessions use the engine's pool."""
+
+
+_DRIVER_HEAD_FOR_UPDATE = "SELECT size, last_leaf FROM ledger_head WHERE id = 1 FOR UPDATE"
+_DRIVER_INSERT_ENTRY = (
+    "INSERT INTO ledger_entries (seq, entry, leaf_hash, subject, action, created_at) "
+    "VALUES (%(seq)s, %(entry)s, %(leaf_hash)s, %(subject)s, %(action)s, %(created_at)s)"
+)
+_DRIVER_FIRST_HEAD = "INSERT INTO ledger_head (id, size, last_leaf) VALUES (1, %s, %s)"
+_DRIVER_MOVE_HEAD = "UPDATE ledger_head SET size = %s, last_leaf = %s WHERE id = 1"
+
+
+class _PipelinedAppender:
+    """Appends a batch on a PostgreSQL connection of its own, in pipeline mode: two round trips.
+
+    What ``append_many`` does, in the same transaction shape (lock the head, insert the entries chained
+    from it, move it), without SQLAlchemy: about 0.25-0.3 ms of CPU a transaction against 1 ms through
+    the engine (measured with ``time.thread_time``, batches of 1 to 4). The decision API appends a few
+    entries per transaction, so that was most of its ledger cost.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._conn: psycopg.Connection[Any] | None = None
+        self._used_at = 0.0
+
+    def append(self, events: Sequence[AuditEvent]) -> list[int]:
+        conn = self._live_connection()
+        try:
+            return self._append_on(conn, events)
+        except BaseException:
+            # Nothing of the batch was committed; closing the connection ends its transaction.
+            self.close()
+            raise
+        finally:
+            self._used_at = time.monotonic()
+
+    def _live_connection(self) -> psycopg.Connection[Any]:
+        """The connection, pinged first if it sat idle (as the pools do), so a database restart costs no
+        batch: a dead one is replaced."""
+        if self._conn is not None and time.monotonic() - self._used_at >= IDLE_PING_SECONDS:
+            try:
+                self._conn.execute("SELECT 1")
+            except psycopg.Error:
+                self.close()
+        return self._conn or self._connect()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        self._conn = psycopg.connect(self._ledger.db.conninfo(), autocommit=True)
+        return self._conn
+
+    def _append_on(self, conn: psycopg.Connection[Any], events: Sequence[AuditEvent]) -> list[int]:
+        leaves: list[bytes] = []
+        with conn.pipeline() as pipeline:
+            conn.execute("BEGIN")
+            head_cursor = conn.execute(_DRIVER_HEAD_FOR_UPDATE, prepare=True)
+            pipeline.sync()
+            head = head_cursor.fetchone()
+            first, prev = (head[0], bytes(head[1])) if head is not None else (0, GENESIS)
+            with conn.cursor() as cursor:
+                cursor.executemany(_DRIVER_INSERT_ENTRY, _entry_rows(events, first, prev, self._ledger.clock(), leaves))
+            moved = (first + len(leaves), leaves[-1])
+            conn.execute(_DRIVER_FIRST_HEAD if head is None else _DRIVER_MOVE_HEAD, moved, prepare=True)
+            conn.execute("COMMIT")
+        return list(range(first, first + len(leaves)))
 
 
 def _batch_is_sound(first: int, rows: list[Any], entries: list[bytes], leaves: list[bytes], prev: bytes) -> bool:

@@ -56,10 +56,9 @@ class RowSource:
 
     @classmethod
     def of(cls, db: Database) -> RowSource:
-        url = db.engine.url
         if db.is_sqlite:
-            return cls(sqlite_path=url.database)
-        return cls(conninfo=url.set(drivername="postgresql").render_as_string(hide_password=False))
+            return cls(sqlite_path=db.engine.url.database)
+        return cls(conninfo=db.conninfo())
 
     def connect(self) -> Any:
         if self.sqlite_path is not None:

@@ -1183,7 +1183,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--other-patients", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=2_000, help="at most this many requests per load phase")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes for the timeline and the concurrent ingest")
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="uvicorn worker processes for the timeline and the concurrent ingest",
+    )
     parser.add_argument(
         "--wrk-seconds", type=float, default=20.0, help="length of the wrk phase (0: none; needs the wrk package)"
     )

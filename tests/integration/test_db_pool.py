@@ -9,6 +9,8 @@ from sqlalchemy import literal, select, text
 from sqlalchemy.exc import OperationalError
 
 from portal import db as portal_db
+from portal.audit import ledger as ledger_module
+from portal.audit.ledger import AuditEvent
 from portal.container import Portal
 
 pytestmark = pytest.mark.pg
@@ -89,3 +91,17 @@ def test_a_second_event_loop_reads_through_a_worker_thread_and_cannot_close_the_
         finally:
             owner.call(portal.hot.close)
     assert not portal.hot.on_event_loop
+
+
+def test_the_ledger_group_committer_replaces_a_dropped_connection_before_its_next_batch(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision API's ledger entries are committed on a connection the group committer keeps for
+    itself (portal/audit/ledger.py): after the server dropped it, the next batch still commits."""
+    first = portal.ledger.record_grouped(AuditEvent(action="test.before", actor="system:test"))
+    _drop_every_pooled_connection(portal)
+    monkeypatch.setattr(ledger_module, "IDLE_PING_SECONDS", 0.0)  # its connection counts as idle
+    monkeypatch.setattr(portal_db, "IDLE_PING_SECONDS", 0.0)  # and so do the pool's, for the check below
+    later = portal.ledger.record_grouped(AuditEvent(action="test.after", actor="system:test"))
+    assert later == first + 1
+    assert portal.ledger.verify().ok

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -14,11 +15,10 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import Session
 
 from portal.audit import merkle, scan
 from portal.audit.checkpoint import verify_checkpoint
-from portal.audit.ledger import AuditEvent, Ledger, canonical_json, entry_bytes
+from portal.audit.ledger import AuditEvent, Ledger, _GroupCommitter, canonical_json, entry_bytes
 from portal.container import Portal
 
 
@@ -207,14 +207,14 @@ def test_a_caller_that_gave_up_waiting_neither_stops_the_group_commit_nor_loses_
     future. The committer must skip answering it (answering a cancelled future raises), keep running for
     everyone else, and still record the check."""
     gate, appending = threading.Event(), threading.Event()
-    append_many = Ledger.append_many
+    commit = _GroupCommitter._commit
 
-    def held_first_batch(self: Ledger, session: Session, events: Sequence[AuditEvent]) -> list[int]:
+    def held_first_batch(self: _GroupCommitter, batch: list[tuple[AuditEvent, Future[int]]]) -> None:
         appending.set()
         assert gate.wait(10)
-        return append_many(self, session, events)
+        commit(self, batch)
 
-    monkeypatch.setattr(Ledger, "append_many", held_first_batch)
+    monkeypatch.setattr(_GroupCommitter, "_commit", held_first_batch)
     first = threading.Thread(target=portal.ledger.record_grouped, args=(AuditEvent(action="test.first", actor="t"),))
     first.start()
     assert appending.wait(10)  # the committer is inside the first batch: the next event waits in its queue
@@ -226,7 +226,7 @@ def test_a_caller_that_gave_up_waiting_neither_stops_the_group_commit_nor_loses_
 
     with start_blocking_portal() as loop:  # its own loop, whatever else runs in this thread
         loop.call(give_up)
-    monkeypatch.setattr(Ledger, "append_many", append_many)
+    monkeypatch.setattr(_GroupCommitter, "_commit", commit)
     gate.set()
     first.join(10)
     later = portal.ledger.record_grouped(AuditEvent(action="test.later", actor="t"))
