@@ -158,7 +158,7 @@ class _NewRows:
     def rows(
         self, parsed: Sequence[tuple[int, AccessFacts, str, str]], result: IngestResult
     ) -> Iterator[dict[str, Any]]:
-        """The rows to store, in order; the lines of duplicates go straight to ``result``."""
+        """The rows to store, in order; each line's outcome (accepted, or a duplicate) goes to ``result``."""
         for index, facts, patient_id, key in parsed:
             if key in self.known:
                 result.lines.append(LineResult(index, "duplicate", "already recorded"))
