@@ -157,7 +157,6 @@ def _spare_the_startup_heap_from_collection() -> None:
     """
     gc.collect()
     gc.freeze()
-    _collect_less_often()
 
 
 def _collect_less_often() -> None:
@@ -184,6 +183,7 @@ def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContex
             worker = EmbeddedWorker(broker, portal.watchdog(), portal.settings.worker_threads)
             worker.start()
         _spare_the_startup_heap_from_collection()
+        _collect_less_often()
         try:
             yield
         finally:
