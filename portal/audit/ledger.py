@@ -452,6 +452,12 @@ class _GroupCommitter:
 
     MAX_BATCH = 500
     TIMEOUT_SECONDS = 30.0
+    # Under load, commits are spaced at least this far apart so that each carries more entries: a
+    # transaction costs about 0.3 ms of CPU here, and more in the database, whatever its size. With the
+    # decision API under load (2 web processes, 32 clients) commits went from 1.6 to about 5 entries,
+    # and throughput from 1,307 to 1,650-1,730 decisions/s. A ledger that sat idle for this long
+    # commits at once, so a lone call waits for nothing.
+    MIN_COMMIT_INTERVAL_SECONDS = 0.004
 
     def __init__(self, ledger: Ledger) -> None:
         self._appender: _SessionAppender | _PipelinedAppender = (
@@ -459,6 +465,7 @@ class _GroupCommitter:
         )
         # None asks the thread to stop.
         self._queue: queue.Queue[tuple[AuditEvent, Future[int]] | None] = queue.Queue()
+        self._last_commit_at = 0.0
         self._thread = threading.Thread(target=self._run, name="ledger-group-commit", daemon=True)
         self._thread.start()
 
@@ -482,12 +489,15 @@ class _GroupCommitter:
             batch, stopping = self._next_batch()
             if batch:
                 self._commit(batch)
+                self._last_commit_at = time.monotonic()
         self._appender.close()
 
     def _next_batch(self) -> tuple[list[tuple[AuditEvent, Future[int]]], bool]:
         """What is queued (waiting for at least one), up to MAX_BATCH; and whether to stop after it."""
         batch: list[tuple[AuditEvent, Future[int]]] = []
         item = self._queue.get()
+        if item is not None:
+            self._wait_for_commit_interval()
         while item is not None:
             batch.append(item)
             if len(batch) == self.MAX_BATCH:
@@ -497,6 +507,11 @@ class _GroupCommitter:
             except queue.Empty:
                 return batch, False
         return batch, True
+
+    def _wait_for_commit_interval(self) -> None:
+        wait = self._last_commit_at + self.MIN_COMMIT_INTERVAL_SECONDS - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
     def _commit(self, batch: list[tuple[AuditEvent, Future[int]]]) -> None:
         # A caller that gave up (its wait timed out and cancelled the future) is not answered, but

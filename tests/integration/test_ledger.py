@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import closing, contextmanager
@@ -233,6 +234,37 @@ def test_a_caller_that_gave_up_waiting_neither_stops_the_group_commit_nor_loses_
     actions = [json.loads(row)["action"] for row in _entries(portal)]
     assert actions[-3:] == ["test.first", "test.abandoned", "test.later"]
     assert later == len(actions) - 1
+
+
+def test_under_load_the_group_commit_spaces_its_commits_and_an_idle_one_commits_at_once(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries that arrive within the commit interval of the last commit share the next transaction;
+    an entry after a quiet spell is not held back."""
+    interval = 0.5
+    monkeypatch.setattr(_GroupCommitter, "MIN_COMMIT_INTERVAL_SECONDS", interval)
+    sizes: list[int] = []
+    commit = _GroupCommitter._commit
+
+    def counted(self: _GroupCommitter, batch: list[tuple[AuditEvent, Future[int]]]) -> None:
+        sizes.append(len(batch))
+        commit(self, batch)
+
+    monkeypatch.setattr(_GroupCommitter, "_commit", counted)
+    time.sleep(interval)  # whatever the fixture committed is now a quiet spell ago
+    started = time.monotonic()
+    portal.ledger.record_grouped(AuditEvent(action="test.lone", actor="t"))
+    assert time.monotonic() - started < interval / 2
+    callers = [
+        threading.Thread(target=portal.ledger.record_grouped, args=(AuditEvent(action=f"test.busy{n}", actor="t"),))
+        for n in range(5)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(10)
+    assert sizes == [1, 5]
+    assert sorted(json.loads(row)["action"] for row in _entries(portal)[-5:]) == [f"test.busy{n}" for n in range(5)]
 
 
 def _entries(portal: Portal) -> list[str]:

@@ -29,5 +29,5 @@ def test_the_bytes_are_those_of_sorted_compact_utf8_json(document: dict[str, Any
 
 
 def test_control_characters_and_line_separators_are_escaped_the_same_way() -> None:
-    document = {"k\u2028": "\x00\x1f\x7f\u2029\"\\\n\t\b\f\r", "é": ["\U0001f600"]}
+    document = {"k\u2028": '\x00\x1f\x7f\u2029"\\\n\t\b\f\r', "é": ["\U0001f600"]}
     assert canonical_json(document) == _stdlib_canonical(document)
