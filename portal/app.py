@@ -177,6 +177,7 @@ def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContex
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await portal.hot.open()
+        await portal.api.client_statuses.open()
         broker = portal.connect_broker()
         worker = None
         if portal.settings.uses_memory_broker:
@@ -189,6 +190,7 @@ def _background_work(portal: Portal) -> Callable[[Litestar], AbstractAsyncContex
         finally:
             if worker is not None:
                 worker.stop()
+            await portal.api.client_statuses.close()
             await portal.hot.close()
 
     return lifespan

@@ -19,7 +19,7 @@ import secrets
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -30,9 +30,10 @@ import jwt
 import structlog
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
+from portal.api.client_status import ClientStatus, ClientStatuses
 from portal.api.models import IntegrationClient, RefreshToken
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, new_id, utcnow
@@ -143,6 +144,7 @@ class IntegrationService:
     ) -> None:
         self.db = db
         self.hot = hot or HotReads(db)
+        self.client_statuses = ClientStatuses(self.hot)
         self.keys = keys
         self.ledger = ledger
         self.records = records
@@ -232,6 +234,7 @@ class IntegrationService:
                     details={"refresh_tokens_revoked": revoked},
                 ),
             )
+        self.client_statuses.forget(client.id)
         return client
 
     # ------------------------------------------------------------------ tokens (RFC 6749)
@@ -442,29 +445,30 @@ class IntegrationService:
         """The integration principal of a valid access token; raises InvalidAccessTokenError.
 
         Each call with a genuine token counts against its client's rate limit (TooManyRequestsError).
-        On the app's event loop the client's row is read without a worker thread.
+        On the app's event loop the client's status is read without a worker thread (and, on PostgreSQL, kept;
+        see ``portal.api.client_status``).
         """
         claims = self._verified_claims(token)
-        client = self._client_params(claims)
-        row = None if client is None else await self.hot.first(_CLIENT_STATUS, client)
-        principal = self._admitted(claims, row)
+        client_id = self._client_id(claims)
+        status = None if client_id is None else await self.client_statuses.status(client_id)
+        principal = self._admitted(claims, status)
         if principal is None:
             await anyio.to_thread.run_sync(self._refuse_revoked, str(claims["sub"]))
         return principal
 
     @staticmethod
-    def _client_params(claims: Mapping[str, Any]) -> dict[str, str] | None:
+    def _client_id(claims: Mapping[str, Any]) -> str | None:
         client_id = str(claims["sub"])
-        return {"client": client_id} if _is_client_id(client_id) else None
+        return client_id if _is_client_id(client_id) else None
 
-    def _admitted(self, claims: Mapping[str, Any], client_row: Sequence[Any] | None) -> Principal | None:
-        """The principal, from the client's row as read for this very call (so a revocation applies at once);
-        None when the client is revoked."""
-        if client_row is None:
+    def _admitted(self, claims: Mapping[str, Any], status: ClientStatus | None) -> Principal | None:
+        """The principal, from the client's current status (so a revocation applies at once); None when the
+        client is revoked."""
+        if status is None:
             raise InvalidAccessTokenError("unknown client")
         # Refused calls count too, so a revoked client that keeps retrying cannot flood the ledger.
         self.api_limiter.check(self.api_limits(str(claims["sub"])))
-        active, scopes = client_row
+        active, scopes = status
         return _principal(claims, frozenset(scopes.split())) if active else None
 
     def _refuse_revoked(self, client_id: str) -> NoReturn:
@@ -596,12 +600,6 @@ def _patient_entries(bundle: Mapping[str, Any]) -> list[tuple[int, Mapping[str, 
         and isinstance(entry.get("resource"), Mapping)
         and entry["resource"].get("resourceType") == "Patient"
     ]
-
-
-# (active, scopes) of a client, read on every call.
-_CLIENT_STATUS = select(IntegrationClient.revoked_at.is_(None), IntegrationClient.scopes).where(
-    IntegrationClient.id == bindparam("client")
-)
 
 
 def _principal(claims: Mapping[str, Any], client_scopes: frozenset[str]) -> Principal:

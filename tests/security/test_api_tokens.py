@@ -6,9 +6,12 @@ import base64
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from argon2 import PasswordHasher
@@ -103,15 +106,27 @@ def test_a_token_already_verified_is_refused_once_it_expires(
     _assert_refused(post_records(client, token))
 
 
-def test_revocation_by_another_web_process_applies_on_the_next_call(
+def test_revocation_by_another_web_process_applies_at_once(
     client: TestClient[Litestar], portal: Portal, issued: tuple[str, str, str]
 ) -> None:
     """ASVS 10.4.9: a client revoked elsewhere (here: straight in the database, as another web process
-    would) is refused on its very next call, although this process verified its token before."""
+    would) is refused, although this process verified its token before: on SQLite on its very next
+    call; on PostgreSQL once the database's notification of the change arrived, milliseconds after the
+    commit (portal/api/client_status.py; the test allows seconds)."""
     client_id, _secret, token = issued
     with portal.db.write() as session:
         session.execute(update(IntegrationClient).where(IntegrationClient.id == client_id).values(revoked_at=utcnow()))
-    _assert_refused(post_records(client, token))
+    patience = 0.0 if portal.db.is_sqlite else 5.0
+    _assert_refused(_first_refused_or_last(lambda: post_records(client, token), patience))
+
+
+def _first_refused_or_last(call: Callable[[], httpx.Response], patience: float) -> httpx.Response:
+    deadline = time.monotonic() + patience
+    response = call()
+    while response.status_code != 401 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        response = call()
+    return response
 
 
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat", "aud", "iss", "sub", "scope", "jti"])
