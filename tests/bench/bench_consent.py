@@ -18,8 +18,10 @@ What it does, in one run:
 4. drives it with ``--concurrency`` httpx clients (asyncio, HTTP/1.1 keep-alive): first GET
    /healthz (no database: the framework's ceiling on this machine), then the decision API, each
    after a warm-up that is measured separately and excluded. Every decision response must be a
-   200 with the decision the seeded data implies, or it counts as an error. A last short phase
-   sends all calls with one client's token, as a single real integration would;
+   200 with the decision the seeded data implies, or it counts as an error. Then the same with
+   wrk (C, a few µs a request), at ``--concurrency`` and at each connection count of ``--sweep``,
+   since in a closed loop latency grows with connections once the server is saturated. A last
+   short phase sends all calls with one client's token, as a single real integration would;
 5. profiles ``ConsentService.decide`` called directly (``--profile-calls``, cProfile) and times
    its parts and the bearer-token check one by one.
 
@@ -558,14 +560,39 @@ class WrkPhase:
 
 
 def run_wrk_phase(
-    server: LiveServer, calls: Sequence[Call], args: argparse.Namespace, cpu: Callable[[], CpuSnapshot]
+    server: LiveServer,
+    calls: Sequence[Call],
+    cpu: Callable[[], CpuSnapshot],
+    *,
+    connections: int,
+    seconds: float,
 ) -> WrkPhase:
     """The same decision calls driven by wrk, whose few microseconds per request leave the cores to the server."""
     pairs = [(call.path, {"Authorization": f"Bearer {call.token}"} if call.token else {}) for call in calls]
-    _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=2)  # warm-up
+    _wrk.run_wrk(server.base_url, server.host, pairs, connections=connections, seconds=2)  # warm-up
     before = cpu()
-    result = _wrk.run_wrk(server.base_url, server.host, pairs, connections=args.concurrency, seconds=args.wrk_seconds)
+    result = _wrk.run_wrk(server.base_url, server.host, pairs, connections=connections, seconds=seconds)
     return WrkPhase(result, cpu().since(before))
+
+
+def report_load_sweep(
+    out: Reporter, server: LiveServer, calls: Sequence[Call], cpu: Callable[[], CpuSnapshot], args: argparse.Namespace
+) -> None:
+    """Throughput and latency at several numbers of open connections: in a closed loop, latency grows
+    with them once the server is saturated (mean ~ connections / throughput), so one level alone says
+    little about the latency at a given throughput."""
+    best = 0.0
+    for connections in args.sweep:
+        result = run_wrk_phase(server, calls, cpu, connections=connections, seconds=args.sweep_seconds).result
+        level = f"c{connections}"
+        out.figure(f"{level}.decisions_per_s", result.per_second)
+        out.figure(f"{level}.p50_ms", result.p50_ms)
+        out.figure(f"{level}.p99_ms", result.p99_ms)
+        out.figure(f"{level}.errors", result.errors)
+        if result.errors == 0 and result.p99_ms <= GOAL_P99_MS:
+            best = max(best, result.per_second)
+    out.figure("best_decisions_per_s_with_p99_in_goal", best)
+    out.figure("goal_both_at_one_load", goal(best >= GOAL_DECISIONS_PER_S))
 
 
 def report_wrk(out: Reporter, phase: WrkPhase, unit: str = "decisions") -> None:
@@ -706,6 +733,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--wrk-seconds", type=float, default=20.0, help="length of the wrk phase (0: none; needs the wrk package)"
     )
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [int(part) for part in text.split(",") if part],
+        default=[8, 16, 24, 32, 64],
+        help="wrk connection counts of the load sweep (comma-separated; empty: none)",
+    )
+    parser.add_argument("--sweep-seconds", type=float, default=10.0, help="length of each sweep level")
     parser.add_argument("--web-processes", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--profile-calls", type=int, default=2_000, help="direct decide() calls to profile; 0: none")
     parser.add_argument("--sqlite", action="store_true", help="SQLite files instead of a throwaway PostgreSQL")
@@ -838,9 +872,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
         if args.wrk_seconds > 0 and _wrk.available():
-            report_wrk(Reporter("healthz_wrk"), run_wrk_phase(server, healthz, args, snapshot), "requests")
-            loaded = run_wrk_phase(server, decision_calls(probes, tokens), args, snapshot)
-            report_wrk(Reporter("consent_wrk"), loaded)
+            connections, seconds = args.concurrency, args.wrk_seconds
+            health_wrk = run_wrk_phase(server, healthz, snapshot, connections=connections, seconds=seconds)
+            report_wrk(Reporter("healthz_wrk"), health_wrk, "requests")
+            calls = decision_calls(probes, tokens)
+            report_wrk(
+                Reporter("consent_wrk"),
+                run_wrk_phase(server, calls, snapshot, connections=connections, seconds=seconds),
+            )
+            report_load_sweep(Reporter("consent_wrk_sweep"), server, calls, snapshot, args)
         elif args.wrk_seconds > 0:
             out.note("wrk is not installed (apt-get install wrk): no phase with a C load generator")
 
