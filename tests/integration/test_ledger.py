@@ -14,12 +14,20 @@ from pathlib import Path
 
 import pytest
 from anyio.from_thread import start_blocking_portal
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
 
 from portal.audit import merkle, scan
 from portal.audit.checkpoint import verify_checkpoint
-from portal.audit.ledger import AuditEvent, Ledger, _GroupCommitter, canonical_json, entry_bytes
+from portal.audit.ledger import (
+    AuditEvent,
+    Ledger,
+    LedgerEntry,
+    _GroupCommitter,
+    canonical_json,
+    encode_entry,
+    entry_bytes,
+)
 from portal.container import Portal
 
 
@@ -265,6 +273,28 @@ def test_under_load_the_group_commit_spaces_its_commits_and_an_idle_one_commits_
         caller.join(10)
     assert sizes == [1, 5]
     assert sorted(json.loads(row)["action"] for row in _entries(portal)[-5:]) == [f"test.busy{n}" for n in range(5)]
+
+
+def test_group_committed_entries_are_the_bytes_a_direct_append_writes(portal: Portal) -> None:
+    """On PostgreSQL the group commit has the database chain and hash its entries (migration 0015):
+    they must be, byte for byte, what ``encode_entry`` makes, and verify."""
+    _fill(portal, 3)
+    events = [
+        AuditEvent(action="test.grouped", actor="t", subject=f"s{n}", details={"n": n, "ünï": "\u2028"}, payload=[n])
+        for n in range(4)
+    ]
+    for event in events:
+        portal.ledger.record_grouped(event)
+    portal.ledger.record_grouped(AuditEvent(action="test.grouped", actor="t"))  # no subject, no details
+    with portal.db.read() as session:
+        rows = session.scalars(select(LedgerEntry).where(LedgerEntry.seq >= 2).order_by(LedgerEntry.seq)).all()
+    prev = bytes(rows[0].leaf_hash)
+    for row, event in zip(rows[1:], [*events, AuditEvent(action="test.grouped", actor="t")], strict=True):
+        assert bytes(row.entry) == encode_entry(row.seq, row.created_at, prev, event)
+        assert bytes(row.leaf_hash) == merkle.leaf_hash(bytes(row.entry))
+        assert row.subject == event.subject
+        prev = bytes(row.leaf_hash)
+    assert portal.ledger.verify().ok
 
 
 def _entries(portal: Portal) -> list[str]:
