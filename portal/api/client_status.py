@@ -65,17 +65,21 @@ class ClientStatuses:
         return self._listening
 
     async def open(self) -> None:
-        """Start listening (PostgreSQL only), on the running event loop."""
+        """Start listening (PostgreSQL only) on the running event loop, which then owns the listener."""
         if self._hot.db.is_sqlite or self._listener is not None:
             return
         self._listener = asyncio.create_task(self._listen_forever(), name="api-clients-listener")
 
     async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        """Stop listening, when called on the loop that opened it (a second app on the same services, as
+        in tests, cannot stop the first one's listener)."""
+        listener = self._listener
+        if listener is None or listener.get_loop() is not asyncio.get_running_loop():
+            return
+        self._listener = None
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         self._set_listening(False)
 
     async def status(self, client_id: str) -> ClientStatus | None:

@@ -197,3 +197,23 @@ def test_a_truncate_drops_every_kept_status(portal: Portal) -> None:
             await until(lambda: not statuses._kept)
 
     run(portal, scenario)
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+def test_a_second_event_loop_cannot_stop_the_first_ones_listener(portal: Portal) -> None:
+    """Two apps on one set of services (as in tests): the second's shutdown leaves the first one's
+    listener alone, and the first still stops it."""
+    statuses = ClientStatuses(portal.hot)
+
+    async def wait_until_listening() -> None:
+        await until(lambda: statuses.listening)
+
+    with start_blocking_portal() as owner, start_blocking_portal() as other:
+        owner.call(statuses.open)
+        owner.call(wait_until_listening)
+        other.call(statuses.open)
+        other.call(statuses.close)
+        assert statuses.listening
+        owner.call(statuses.close)
+        assert not statuses.listening
