@@ -575,8 +575,9 @@ class _DatabaseAppender:
         try:
             return self._append_on(conn, events)
         except BaseException:
-            # Nothing of the batch was committed (the call is its own transaction); a connection in an
-            # unknown state is not reused.
+            # The call is its own transaction: unless the connection died after the database committed
+            # it, nothing of the batch is stored. Either way its callers are told it failed, and a
+            # connection in an unknown state is not reused.
             self.close()
             raise
         finally:
