@@ -106,6 +106,7 @@ class Portal:
     def close(self) -> None:
         if self.broker is not None:
             self.broker.close()
+        self.access.reader.close()
         self.ledger.close()
         self.db.dispose()
         self.keystore_db.dispose()

@@ -22,12 +22,16 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    LargeBinary,
     MetaData,
+    String,
     Table,
+    Text,
     any_,
     bindparam,
     create_engine,
     event,
+    func,
     insert,
     text,
 )
@@ -185,9 +189,15 @@ class Database:
         An IN list has a parameter per value, which SQLAlchemy renders and psycopg rewrites on every
         call: 15 µs an event for the look-ups of a 1,000-event ingest (``tests/bench/bench_access.py``).
         """
+        listed = list(values)
         if self.is_sqlite:
-            return column.in_(list(values))
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+            return column.in_(listed)
+        if _plain_strings(column, listed):
+            # As one string the server splits: psycopg builds an array parameter in Python, 3.4 µs a
+            # value (the 1,000 source keys an ingest batch looks up: 3.4 ms).
+            joined = bindparam(None, ",".join(listed), type_=Text())
+            return column == any_(func.string_to_array(joined, ",", type_=ARRAY(Text())))
+        return column == any_(bindparam(None, listed, type_=ARRAY(column.type)))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -195,6 +205,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _plain_strings(column: ColumnElement[Any] | QueryableAttribute[Any], values: list[Any]) -> bool:
+    """Whether ``values`` are strings without a comma, for a plain string column (no type of ours that
+    changes what is bound)."""
+    if type(column.type) not in (String, Text) or not all(type(value) is str for value in values):
+        return False
+    return bool(values) and ",".join(values).count(",") == len(values) - 1
 
 
 def insert_rows(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -228,10 +246,18 @@ def insert_rows(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]
 
 def _bind_param(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
     """What a column's own type does to a value before the driver sees it (a TypeDecorator's check), if
-    anything; the driver adapts plain values itself."""
-    if not isinstance(column_type, TypeDecorator):
-        return None
-    return lambda value: column_type.process_bind_param(value, dialect)
+    anything; the driver adapts plain values itself, except bytes (see ``_bytea_text``)."""
+    if isinstance(column_type, TypeDecorator):
+        return lambda value: column_type.process_bind_param(value, dialect)
+    if isinstance(column_type, LargeBinary):
+        return _bytea_text
+    return None
+
+
+def _bytea_text(value: bytes | None) -> str | None:
+    """Bytes as bytea's hex text, which COPY passes on as it is: psycopg escapes bytes for COPY one at a
+    time, 4.4 µs for a 600-byte access event's body against 2.5 µs this way."""
+    return None if value is None else "\\x" + value.hex()
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

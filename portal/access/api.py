@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from anyio import to_thread
 from litestar import Request, Response, post
 
@@ -30,41 +29,21 @@ BATCH_BODY_BYTES = 64 * 1024 * 1024
 async def post_access_events(request: Request[Principal, Any, Any], portal: PortalDep) -> Response[Any]:
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    resources, unreadable = _lines(body, ndjson=content_type in NDJSON_TYPES)
-    if len(resources) + len(unreadable) > MAX_BATCH:
+    raw_lines = body.splitlines() if content_type in NDJSON_TYPES else [body]
+    numbered = [(number, raw) for number, raw in enumerate(raw_lines, start=1) if raw.strip()]
+    if len(numbered) > MAX_BATCH:
         return error_response(request, 413, f"a batch holds at most {MAX_BATCH} events")
-    if not resources and not unreadable:
+    if not numbered:
         return error_response(request, 400, "the body holds no AuditEvent")
     result = await to_thread.run_sync(
-        lambda: portal.access.ingest([r for _i, r in resources], sender=f"integration:{request.user.subject_id}")
+        lambda: portal.access.ingest_lines(
+            [raw for _number, raw in numbered], sender=f"integration:{request.user.subject_id}"
+        )
     )
-    positions = [index for index, _r in resources]
     lines = [
-        {"line": positions[line.index] + 1, "status": line.status, "reason": line.reason, "id": line.id}
+        {"line": numbered[line.index][0], "status": line.status, "reason": line.reason, "id": line.id}
         for line in result.lines
     ]
-    lines += [{"line": index + 1, "status": "rejected", "reason": reason, "id": None} for index, reason in unreadable]
-    lines.sort(key=lambda line: int(str(line["line"])))
-    summary = {
-        status: sum(1 for line in lines if line["status"] == status) for status in ("accepted", "duplicate", "rejected")
-    }
+    summary = {status: result.count(status) for status in ("accepted", "duplicate", "rejected")}
     status_code = 422 if summary["rejected"] and not (summary["accepted"] or summary["duplicate"]) else 200
     return Response({**summary, "lines": lines}, status_code=status_code)
-
-
-def _lines(body: bytes, *, ndjson: bool) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
-    """(index, parsed resource) for readable lines and (index, reason) for unreadable ones.
-
-    msgspec reads a line in 40 % of ``json.loads``' time (2.7 against 6.9 µs for a 1 kB event), and refuses
-    the NaN and Infinity that are not JSON."""
-    raw_lines = body.splitlines() if ndjson else [body]
-    readable: list[tuple[int, Any]] = []
-    unreadable: list[tuple[int, str]] = []
-    for index, raw in enumerate(raw_lines):
-        if not raw.strip():
-            continue
-        try:
-            readable.append((index, msgspec.json.decode(raw)))
-        except msgspec.DecodeError:
-            unreadable.append((index, "the line is not JSON"))
-    return readable, unreadable

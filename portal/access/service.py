@@ -22,7 +22,7 @@ from cachetools import TTLCache
 from sqlalchemy import Connection, String, Table, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from portal.access.balp import AccessFacts, BalpError, parse_audit_event
+from portal.access.balp import AccessFacts
 from portal.access.models import (
     AccessCase,
     AccessEvent,
@@ -32,6 +32,7 @@ from portal.access.models import (
     DisclosureAccounting,
     week_of,
 )
+from portal.access.reading import LineReader, Read, read_resource
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, insert_rows, new_id, utcnow
 from portal.hot_reads import HotReads
@@ -152,6 +153,7 @@ class _NewRows:
         self.role_index = role_index
         self.known = known
         self.orgs_seen = orgs_seen
+        self.created_at = utcnow()  # one transaction: one time for its rows
         self.events: list[AuditEvent] = []
         self.alerts: list[tuple[str, AccessFacts, str, bool]] = []  # (patient id, facts, row id, new organisation)
 
@@ -174,6 +176,7 @@ class _NewRows:
                 key=self.keys[patient_id],
                 org_index=self.org_index(facts.organisation),
                 role_index=self.role_index(facts.role),
+                created_at=self.created_at,
             )
             org = (patient_id, row["org_index"])
             self.alerts.append((patient_id, facts, row["id"], org not in self.orgs_seen))
@@ -220,19 +223,28 @@ class AccessLog:
             SUMMARY_CACHE_ENTRIES, SUMMARY_CACHE_SECONDS
         )
         self._summaries_lock = threading.Lock()
+        self.reader = LineReader()
 
     # ================================================================== ingest
 
     def ingest(self, resources: Sequence[Any], *, sender: str) -> IngestResult:
-        if len(resources) > MAX_BATCH:
-            raise ValueError(f"a batch holds at most {MAX_BATCH} events, not {len(resources)}")
+        """Record decoded AuditEvents; each line's outcome is in the result, by its index."""
+        return self._ingest_read([read_resource(resource) for resource in resources], sender)
+
+    def ingest_lines(self, lines: Sequence[bytes], *, sender: str) -> IngestResult:
+        """Record AuditEvents given as lines of JSON (NDJSON), read in two processes when there are many."""
+        return self._ingest_read(self.reader.read(lines), sender)
+
+    def _ingest_read(self, read: Sequence[Read], sender: str) -> IngestResult:
+        if len(read) > MAX_BATCH:
+            raise ValueError(f"a batch holds at most {MAX_BATCH} events, not {len(read)}")
         result = IngestResult()
         readable: list[tuple[int, AccessFacts]] = []
-        for index, resource in enumerate(resources):
-            try:
-                readable.append((index, parse_audit_event(resource)))
-            except BalpError as exc:
-                result.lines.append(LineResult(index, "rejected", str(exc)))
+        for index, facts in enumerate(read):
+            if isinstance(facts, str):
+                result.lines.append(LineResult(index, "rejected", facts))
+            else:
+                readable.append((index, facts))
         patients = self._patients_of([facts.patient_identifier for _index, facts in readable])
         parsed: list[tuple[int, AccessFacts, str, str]] = []
         for index, facts in readable:
@@ -459,6 +471,7 @@ class AccessLog:
             key=self.keys.data_key(patient_id, CATEGORY, create=True),
             org_index=self._org_index(facts.organisation),
             role_index=self._role_index(facts.role),
+            created_at=utcnow(),
         )
         session.execute(insert(ACCESS_EVENTS), [row])
 
@@ -815,6 +828,7 @@ def _access_row(
     key: ActiveKey,
     org_index: str,
     role_index: str,
+    created_at: datetime,
 ) -> dict[str, Any]:
     """An access_events row, its details encrypted under ``key`` (the patient's current access-log key)."""
     row_id = new_id()
@@ -834,7 +848,7 @@ def _access_row(
         "role_index": role_index,
         "key_version": key.version,
         "body": _encrypt(key, patient_id, "access_events", row_id, msgspec.json.encode(details)),
-        "created_at": utcnow(),
+        "created_at": created_at,
     }
 
 

@@ -110,14 +110,19 @@ _CANONICAL_JSON = msgspec.json.Encoder(order="sorted", enc_hook=str)
 
 
 def encode_entry(seq: int, when: datetime, prev: bytes, event: AuditEvent) -> bytes:
-    return entry_head(prev.hex(), seq) + entry_tail(when, event)
+    return entry_head(prev.hex(), seq) + entry_tail(entry_time(when), event)
 
 
-def entry_tail(when: datetime, event: AuditEvent) -> bytes:
+def entry_time(when: datetime) -> str:
+    """An entry's time as it is written (the entries of one append share it)."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_tail(stamp: str, event: AuditEvent) -> bytes:
     """An entry's bytes after its head: the fields that do not depend on the ledger's state."""
     document: dict[str, Any] = {
         "v": ENTRY_VERSION,
-        "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": stamp,
         "action": event.action,
         "actor": event.actor,
         "role": event.role,
@@ -441,8 +446,9 @@ def _entry_rows(
 ) -> Iterator[dict[str, Any]]:
     """The ledger_entries rows of ``events``, numbered from ``first`` and chained from ``prev``; each
     entry's leaf hash is also appended to ``leaves``."""
+    stamp = entry_time(now)
     for seq, event in enumerate(events, start=first):
-        entry = encode_entry(seq, now, prev, event)
+        entry = entry_head(prev.hex(), seq) + entry_tail(stamp, event)
         prev = merkle.leaf_hash(entry)
         leaves.append(prev)
         yield {
@@ -604,7 +610,8 @@ class _DatabaseAppender:
 
     def _append_on(self, conn: psycopg.Connection[Any], events: Sequence[AuditEvent]) -> list[int]:
         now = self._ledger.clock()
-        tails = [entry_tail(now, event) for event in events]
+        stamp = entry_time(now)
+        tails = [entry_tail(stamp, event) for event in events]
         subjects = [event.subject for event in events]
         actions = [event.action for event in events]
         row = conn.execute(_APPEND_IN_DATABASE, (tails, subjects, actions, now), prepare=True).fetchone()

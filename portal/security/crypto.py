@@ -598,8 +598,12 @@ def _normalize_identifier(value: str) -> str:
     # NFKC folds compatibility forms (full-width digits, ligatures) and the
     # second NFKC after casefold() is the Unicode "compatibility caseless"
     # recipe; whitespace is dropped everywhere because staff type MRNs as
-    # "123 456" as often as "123456".
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    # "123 456" as often as "123456". ASCII text is its own NFKC form and
+    # casefolds to lower(), so it skips the two normalizations.
+    if value.isascii():
+        folded = value.lower()
+    else:
+        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
     return "".join(folded.split())
 
 
@@ -621,7 +625,7 @@ def blind_index(key: bytes, namespace: str, value: str) -> str:
     message = (
         _BLIND_INDEX_TAG + _length_prefixed(namespace.encode("utf-8")) + _length_prefixed(normalized.encode("utf-8"))
     )
-    return hmac.new(bytes(key), message, hashlib.sha256).hexdigest()
+    return hmac.digest(bytes(key), message, "sha256").hex()
 
 
 def derive_subkey(master: bytes, purpose: str) -> bytes:

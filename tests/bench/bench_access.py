@@ -277,7 +277,7 @@ def event_row(
 ) -> dict[str, Any]:
     """An access_events row exactly as ingest writes it (``_access_row``), encrypted for its own row id."""
     access = portal.access
-    row = _access_row(
+    return _access_row(
         patient_id,
         access._source_key(sender, facts.event_id),
         facts,
@@ -286,8 +286,8 @@ def event_row(
         key=portal.keys.data_key(patient_id, CATEGORY, create=True),
         org_index=access._org_index(facts.organisation),
         role_index=access._role_index(facts.role),
+        created_at=facts.occurred_at + timedelta(seconds=5),
     )
-    return {**row, "created_at": facts.occurred_at + timedelta(seconds=5)}
 
 
 COLUMNS = tuple(c.name for c in AccessEvent.__table__.columns)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import stat
+import unicodedata
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ from portal.security.crypto import (
     KekStoreError,
     KeyUnwrapError,
     UnknownKekError,
+    _normalize_identifier,
     blind_index,
     decrypt_field,
     derive_subkey,
@@ -575,6 +577,14 @@ def test_blind_index_rejects_bad_input() -> None:
 def test_blind_index_ignores_case_and_whitespace_property(value: str) -> None:
     spaced = " " + " ".join(value.swapcase()) + "\t\n"
     assert blind_index(FIXED_KEY, "mrn", spaced) == blind_index(FIXED_KEY, "mrn", value)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_identifiers_normalize_as_unicode_ones_do(value: str) -> None:
+    """ASCII text skips the NFKC and casefold steps, which must leave it as lower() does (control
+    characters the Unicode whitespace rules treat as spaces included)."""
+    full = "".join(unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).split())
+    assert _normalize_identifier(value) == full
 
 
 # --------------------------------------------------------------------------- derive_subkey
