@@ -229,15 +229,15 @@ class AccessLog:
 
     def ingest(self, resources: Sequence[Any], *, sender: str) -> IngestResult:
         """Record decoded AuditEvents; each line's outcome is in the result, by its index."""
+        _check_batch_size(len(resources))
         return self._ingest_read([read_resource(resource) for resource in resources], sender)
 
     def ingest_lines(self, lines: Sequence[bytes], *, sender: str) -> IngestResult:
         """Record AuditEvents given as lines of JSON (NDJSON), read in two processes when there are many."""
+        _check_batch_size(len(lines))
         return self._ingest_read(self.reader.read(lines), sender)
 
     def _ingest_read(self, read: Sequence[Read], sender: str) -> IngestResult:
-        if len(read) > MAX_BATCH:
-            raise ValueError(f"a batch holds at most {MAX_BATCH} events, not {len(read)}")
         result = IngestResult()
         readable: list[tuple[int, AccessFacts]] = []
         for index, facts in enumerate(read):
@@ -816,6 +816,11 @@ def _known_names(names: dict[str, str]) -> list[str]:
 def _iso_week(day: date) -> str:
     year, week, _weekday = day.isocalendar()
     return f"{year}-W{week:02d}"
+
+
+def _check_batch_size(events: int) -> None:
+    if events > MAX_BATCH:
+        raise ValueError(f"a batch holds at most {MAX_BATCH} events, not {events}")
 
 
 def _access_row(
