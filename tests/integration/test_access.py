@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from portal.access import service as access_service
 from portal.access.models import AccessEvent, AccessLogVersion
-from portal.access.service import AccessLog, TimelineFilter
+from portal.access.reading import MIN_LINES_TO_SHARE
+from portal.access.service import MAX_BATCH, AccessLog, TimelineFilter
 from portal.container import Portal
 from tests.conftest import ORIGIN
 from tests.support.accounts import enrol_patient, new_patient
@@ -70,6 +72,43 @@ def test_ndjson_batch_reports_each_line_and_keeps_good_ones(client: Client, port
     assert again.json()["duplicate"] == 1, "idempotent by event id"
     with portal.db.read() as session:
         assert session.scalar(select(func.count()).select_from(AccessEvent)) == 2
+
+
+def test_a_big_batch_read_with_the_helper_reports_every_line_where_it_was(client: Client, portal: Portal) -> None:
+    """A batch big enough to be read half in the helper process: blank lines skipped, bad lines in both
+    halves reported at their own line numbers, every good line stored once."""
+    mrn, _ = new_patient(portal)
+    token = _token(portal)
+    size = 2 * MIN_LINES_TO_SHARE
+
+    def batch(prefix: str) -> list[str]:
+        lines = [json.dumps(balp_event(f"{prefix}-{n}", mrn)) for n in range(size)]
+        lines[3], lines[size - 2] = "{not json", json.dumps(balp_event(f"{prefix}-x", "MRN-UNKNOWN"))
+        lines.insert(10, "")
+        return lines
+
+    deadline = time.monotonic() + 30
+    while portal.access.reader._ready_helper() is None:  # the first big batch starts it
+        _post(client, token, "\n".join(batch(f"warm{time.monotonic_ns()}")))
+        assert time.monotonic() < deadline, "the reading helper never became ready"
+        time.sleep(0.1)
+    before = _stored_accesses(portal)
+    body = _post(client, token, "\n".join(batch("big"))).json()
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (size - 2, 0, 2)
+    rejected = {line["line"]: line["reason"] for line in body["lines"] if line["status"] == "rejected"}
+    assert rejected == {4: "the line is not JSON", size: "no patient here has that identifier"}
+    assert [line["line"] for line in body["lines"]] == [n for n in range(1, size + 2) if n != 11]
+    assert _stored_accesses(portal) == before + size - 2
+
+
+def test_a_batch_over_the_limit_is_refused_whole(client: Client, portal: Portal) -> None:
+    mrn, _ = new_patient(portal)
+    line = json.dumps(balp_event("same", mrn))
+    response = _post(client, _token(portal), "\n".join([line] * (MAX_BATCH + 1)))
+    assert response.status_code == 413
+    assert _stored_accesses(portal) == 0
+    with pytest.raises(ValueError, match="at most"):
+        portal.access.ingest_lines([line.encode()] * (MAX_BATCH + 1), sender="integration:ehr")
 
 
 def _stored_accesses(portal: Portal) -> int:
