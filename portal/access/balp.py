@@ -60,9 +60,6 @@ class AccessFacts(NamedTuple):
     recipient: str | None
     patient_identifier: tuple[str, str]  # (system, value)
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(zip(self._fields, self, strict=True))
-
 
 def parse_audit_event(resource: dict[str, Any]) -> AccessFacts:
     if not isinstance(resource, dict) or resource.get("resourceType") != "AuditEvent":

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 # Below this, sending half a batch to the helper and its facts back costs more than it saves.
 MIN_LINES_TO_SHARE = 200
 HELPER_TIMEOUT_SECONDS = 60.0
+READY = "ready"  # what the helper says once it can read
 
 Read = AccessFacts | str  # the facts of a line, or why it was refused
 
@@ -62,9 +63,6 @@ def _serve(conn: Connection, read: Callable[[Sequence[bytes]], list[Read]]) -> N
         except EOFError:
             return
         conn.send(read(lines))
-
-
-READY = "ready"
 
 
 class _Helper:

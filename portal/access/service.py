@@ -166,7 +166,7 @@ class _NewRows:
                 result.lines.append(LineResult(index, "duplicate", "already recorded"))
                 continue
             self.known.add(key)
-            as_dict = facts.as_dict()
+            as_dict = facts._asdict()
             row = _access_row(
                 patient_id,
                 key,
@@ -467,7 +467,7 @@ class AccessLog:
             self._source_key("portal", facts.event_id),
             facts,
             origin="portal",
-            as_dict=facts.as_dict(),
+            as_dict=facts._asdict(),
             key=self.keys.data_key(patient_id, CATEGORY, create=True),
             org_index=self._org_index(facts.organisation),
             role_index=self._role_index(facts.role),

@@ -268,7 +268,7 @@ def random_spec(rng: random.Random, event_id: str, mrn: str, when: datetime, *, 
 
 def details_plaintext(facts: AccessFacts) -> bytes:
     """What ``_access_row`` encrypts for a row."""
-    details = {k: v for k, v in facts.as_dict().items() if k not in {"patient_identifier", "occurred_at"}}
+    details = {k: v for k, v in facts._asdict().items() if k not in {"patient_identifier", "occurred_at"}}
     return msgspec.json.encode(details)
 
 
@@ -282,7 +282,7 @@ def event_row(
         access._source_key(sender, facts.event_id),
         facts,
         origin=origin,
-        as_dict=facts.as_dict(),
+        as_dict=facts._asdict(),
         key=portal.keys.data_key(patient_id, CATEGORY, create=True),
         org_index=access._org_index(facts.organisation),
         role_index=access._role_index(facts.role),
@@ -561,7 +561,7 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
                 object=f"access-event:{new_id()}",
                 purpose=f.purpose,
                 details={"action": f.action, "emergency": f.emergency},
-                payload=f.as_dict(),
+                payload=f._asdict(),
             )
             for f in facts
         ]
