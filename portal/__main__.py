@@ -47,6 +47,7 @@ def run(host: str, port: int, demo: bool) -> None:
     from portal.app import create_app
     from portal.container import build_portal
     from portal.logging import configure_logging
+    from portal.serving import serve
 
     settings = _settings()
     problems = settings.problems()
@@ -77,7 +78,7 @@ def run(host: str, port: int, demo: bool) -> None:
         return
     # Each web process builds its own app from the same PORTAL_* settings (engines do not cross a fork).
     portal.close()
-    uvicorn.run("portal.app:create_app", factory=True, workers=settings.web_processes, **served)
+    serve("portal.app:create_app", processes=settings.web_processes, **served)
 
 
 def _migrate_or_refuse(settings: Settings) -> None:

@@ -17,6 +17,7 @@ import httpx
 from litestar import Litestar
 
 from portal.app import create_app
+from portal.serving import serve
 from portal.settings import Settings
 
 SERVER_MODULE = "tests.bench._server"
@@ -26,6 +27,20 @@ SERVER_START_TIMEOUT_S = 60.0
 def server_app() -> Litestar:
     """The uvicorn app factory of the server process: the real app, from ``PORTAL_*`` settings."""
     return create_app()
+
+
+def main() -> None:
+    """Serve ``server_app`` on 127.0.0.1:PORT from WORKERS processes as ``portal run`` does (argv: PORT WORKERS)."""
+    port, workers = (int(arg) for arg in sys.argv[1:3])
+    # The app logs one line per request itself (RequestLogMiddleware).
+    serve(
+        f"{SERVER_MODULE}:server_app",
+        host="127.0.0.1",
+        port=port,
+        processes=workers,
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -99,18 +114,9 @@ def live_server(settings: Settings, port: int, log_dir: Path, workers: int = 1) 
     argv = [
         sys.executable,
         "-m",
-        "uvicorn",
-        f"{SERVER_MODULE}:server_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
+        SERVER_MODULE,
         str(port),
-        "--workers",
         str(workers),
-        "--no-access-log",  # the app logs one line per request itself (RequestLogMiddleware)
-        "--log-level",
-        "warning",
     ]
     root = Path(__file__).resolve().parents[2]
     with log_path.open("wb") as log:
@@ -132,3 +138,7 @@ def live_server(settings: Settings, port: int, log_dir: Path, workers: int = 1) 
         yield server
     finally:
         server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -89,6 +89,7 @@ from portal.container import Portal, build_portal
 from portal.db import insert_rows, new_id
 from portal.records.models import Patient, PatientIdentifier
 from portal.records.synthetic import MRN_SYSTEM
+from portal.security.csrf import CSRF_COOKIE
 from portal.security.sessions import COOKIE_NAME, Principal
 from portal.settings import Settings
 from tests.bench import _wrk
@@ -985,7 +986,7 @@ def wrk_phase(
     """The same page under wrk (C, a few microseconds per request), so the load generator does not share the
     cores with the server; wrk checks status codes only (the httpx phases check each page's content)."""
     htmx = {"HX-Request": "true"} if kind.htmx else {}
-    calls = [(kind.path, {"Cookie": f"{COOKIE_NAME}={cookie}", **htmx}) for cookie in cookies]
+    calls = [(kind.path, {"Cookie": browser_cookies(server, kind.path, cookie), **htmx}) for cookie in cookies]
     _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=2)  # warm-up
     result = _wrk.run_wrk(server.base_url, server.host, calls, connections=args.concurrency, seconds=args.wrk_seconds)
     prefix = f"{kind.name}.wrk"
@@ -995,6 +996,19 @@ def wrk_phase(
     out.figure(f"{prefix}_errors", result.errors)
     out.figure(f"{prefix}_loadgen_cpu_ms_per_request", result.cpu_seconds * 1e3 / max(1, result.requests))
     out.figure(f"{prefix}_goal_p99", goal(result.p99_ms <= GOAL_P99_MS and result.errors == 0))
+
+
+def browser_cookies(server: LiveServer, path: str, session_cookie: str) -> str:
+    """The Cookie header of a signed-in browser: the session's and the CSRF cookie that its first page set
+    (without it, every answer would make and set a new CSRF token)."""
+    session = f"{COOKIE_NAME}={session_cookie}"
+    response = httpx.get(f"{server.base_url}{path}", headers={"host": server.host, "cookie": session})
+    csrf = next(
+        value.split(";", 1)[0]
+        for value in response.headers.get_list("set-cookie")
+        if value.startswith(f"{CSRF_COOKIE}=")
+    )
+    return f"{session}; {csrf}"
 
 
 # ----------------------------------------------------------------------------- 3. profile
