@@ -18,7 +18,8 @@ def weekly_chart(weeks: list[str], series: dict[str, list[int]]) -> str:
     totals = [sum(values[i] for values in series.values()) for i in range(len(weeks))]
     peak = max(*totals, 1)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP
-    bar_w = max(plot_w / len(weeks) * 0.8, 1.0)
+    step = plot_w / len(weeks)
+    bar_w = max(step * 0.8, 1.0)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT + 20 * len(series)}" '
         f'class="chart" aria-hidden="true" focusable="false">'
@@ -26,21 +27,35 @@ def weekly_chart(weeks: list[str], series: dict[str, list[int]]) -> str:
     parts.append(f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - 8}" y2="{TOP + plot_h}" stroke="#4a5563"/>')
     parts.append(f'<text x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end" font-size="11">{peak}</text>')
     parts.append(f'<text x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end" font-size="11">0</text>')
+    centres = [LEFT + i * step + bar_w / 2 for i in range(len(weeks))]
+    bottoms = [float(TOP + plot_h)] * len(weeks)  # where the next organisation's part of each week's bar starts
+    for colour, values in zip(PALETTE * 4, series.values(), strict=False):
+        parts.append(_stacked_bars(colour, values, bottoms, scale=plot_h / peak, centres=centres, bar_w=bar_w))
     for i, week in enumerate(weeks):
-        x = LEFT + i * plot_w / len(weeks)
-        y: float = TOP + plot_h
-        for colour, values in zip(PALETTE * 4, series.values(), strict=False):
-            height = values[i] / peak * plot_h
-            if height:
-                y -= height
-                parts.append(
-                    f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{height:.1f}" fill="{colour}"/>'
-                )
         if len(weeks) <= 16 or i % max(len(weeks) // 8, 1) == 0:
-            parts.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" font-size="10">{escape(week)}</text>')
+            parts.append(
+                f'<text x="{LEFT + i * step:.1f}" y="{TOP + plot_h + 14}" font-size="10">{escape(week)}</text>'
+            )
     for row, (name, colour) in enumerate(zip(series, PALETTE * 4, strict=False)):
         y = HEIGHT + row * 20
         parts.append(f'<rect x="{LEFT}" y="{y - 10}" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{LEFT + 18}" y="{y}" font-size="12">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _stacked_bars(
+    colour: str, values: list[int], bottoms: list[float], *, scale: float, centres: list[float], bar_w: float
+) -> str:
+    """One organisation's part of every week's bar, on top of ``bottoms`` (which it raises), as one path.
+
+    Each part is a vertical stroke as wide as a bar: one element per organisation instead of one per bar
+    and organisation keeps two years of weekly bars for eight organisations at a fifth of the bytes.
+    """
+    segments = []
+    for i, count in enumerate(values):
+        if count:
+            height = count * scale
+            segments.append(f"M{centres[i]:.1f} {bottoms[i]:.1f}v-{height:.1f}")
+            bottoms[i] -= height
+    return f'<path d="{"".join(segments)}" stroke="{colour}" stroke-width="{bar_w:.1f}" fill="none"/>'

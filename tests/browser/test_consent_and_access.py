@@ -281,7 +281,9 @@ def test_access_history_question_and_finding(live_server: LiveServer, browser: B
     expect(timeline.get_by_role("cell", name=LAB, exact=True).first).to_be_visible()
     chart = page.locator("svg.chart")
     expect(chart).to_be_visible()
-    assert chart.locator("rect").count() >= 3 and chart.get_attribute("aria-hidden") == "true"
+    assert chart.get_attribute("aria-hidden") == "true"
+    expect(chart.locator("path")).to_have_count(3)  # one stack of bars per organisation
+    assert all(box is not None and box["height"] > 0 for box in (p.bounding_box() for p in chart.locator("path").all()))
     numbers = page.locator("details table")
     expect(numbers).to_be_hidden()
     page.get_by_text("The same numbers as a table").click()
