@@ -9,10 +9,9 @@ good one fail. A line already stored (same sender and event id) is a harmless du
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -599,19 +598,25 @@ class AccessLog:
 
     def entry(self, row: AccessEvent | PageRow) -> TimelineEntry:
         details = self._details(row.patient_id, row.id, row.key_version, row.body)
-        entry = TimelineEntry(
-            row.id, row.occurred_at, row.action, row.purpose, row.emergency, row.agent_kind, row.origin, details, ""
+        return TimelineEntry(
+            row.id,
+            row.occurred_at,
+            row.action,
+            row.purpose,
+            row.emergency,
+            row.agent_kind,
+            row.origin,
+            details,
+            self.describe(row, details),
         )
-        return replace(entry, sentence=self.describe(entry))
 
     def _details(self, patient_id: str, row_id: str, version: int, body: bytes) -> dict[str, Any] | None:
         plaintext = self.open(patient_id, "access_events", row_id, version, body)
-        return json.loads(plaintext) if plaintext is not None else None
+        return msgspec.json.decode(plaintext) if plaintext is not None else None
 
-    def describe(self, entry: TimelineEntry) -> str:
-        """A plain-language sentence, e.g. "Dr A. Jones, cardiologist at Ward 4, viewed your lab results for your
-        treatment"."""
-        details = entry.details
+    def describe(self, entry: AccessEvent | PageRow, details: dict[str, Any] | None) -> str:
+        """A plain-language sentence for an access with these (decrypted) details, e.g. "Dr A. Jones, cardiologist
+        at Ward 4, viewed your lab results for your treatment"."""
         if details is None:
             return "An access whose details were erased at your request"
         who = self._who(entry, details)
@@ -628,7 +633,7 @@ class AccessLog:
             )
         return sentence
 
-    def _who(self, entry: TimelineEntry, details: dict[str, Any]) -> str:
+    def _who(self, entry: AccessEvent | PageRow, details: dict[str, Any]) -> str:
         role = details.get("role")
         if entry.origin == "portal":
             if role == "you":
