@@ -34,7 +34,7 @@ from portal.access.models import (
 from portal.access.reading import LineReader, Read, read_resource
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.db import Database, insert_rows, new_id, utcnow
-from portal.hot_reads import HotReads
+from portal.hot_reads import HotRead, HotReads
 from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
 from portal.security.crypto import FieldContext, decrypt_field, encrypt_field
@@ -480,9 +480,9 @@ class AccessLog:
         self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
     ) -> tuple[list[TimelineEntry], int]:
         """One page of accesses, newest first, and the total that match (the "older accesses" partial)."""
-        facts = await self._page_facts(patient_id)
+        facts, rows = await self._facts_and_page(patient_id, flt, page, page_size)
         summary = await self._summary(patient_id, flt, facts.version)
-        return await self._page(patient_id, flt, page, page_size), summary.total
+        return await self._entries(patient_id, rows), summary.total
 
     async def overview(
         self, patient_id: str, flt: TimelineFilter, *, page: int = 1, page_size: int = PAGE_SIZE
@@ -493,17 +493,24 @@ class AccessLog:
         The reads run on the event loop where the database allows it (``HotReads``), each seeing what
         was committed when it started, as in a read-committed transaction.
         """
-        facts = await self._page_facts(patient_id)
+        facts, rows = await self._facts_and_page(patient_id, flt, page, page_size)
         summary = await self._summary(patient_id, flt, facts.version)
-        entries = await self._page(patient_id, flt, page, page_size)
         alerts = AlertPreference(
             patient_id=patient_id, emergency=bool(facts.emergency), new_organisation=bool(facts.new_organisation)
         )
-        return Overview(entries=entries, summary=summary, alerts=alerts)
+        return Overview(entries=await self._entries(patient_id, rows), summary=summary, alerts=alerts)
 
-    async def _page_facts(self, patient_id: str) -> PageFacts:
-        row = await self.hot.first(PAGE_FACTS, {"patient_id": patient_id})
-        return PageFacts(*row) if row is not None else PageFacts(None, None, None)
+    async def _facts_and_page(
+        self, patient_id: str, flt: TimelineFilter, page: int, page_size: int
+    ) -> tuple[PageFacts, list[PageRow]]:
+        """The patient's page facts and a page of their accesses, newest first, in one round trip."""
+        shape, params = self._filter_terms(flt)
+        params.update(patient_id=patient_id, limit=page_size, offset=(max(page, 1) - 1) * page_size)
+        facts, found = await self.hot.together(
+            HotRead(PAGE_FACTS, {"patient_id": patient_id}),
+            HotRead(_page_statement(shape), params, prepare=False),  # filters differ in selectivity
+        )
+        return (PageFacts(*facts[0]) if facts else PageFacts(None, None, None)), [PageRow.of(row) for row in found]
 
     async def _summary(self, patient_id: str, flt: TimelineFilter, version: int | None) -> AccessSummary:
         """The weekly chart (whose counts add up to the total, so nothing is counted twice) and the
@@ -534,11 +541,7 @@ class AccessLog:
             organisations=_known_names(names),
         )
 
-    async def _page(self, patient_id: str, flt: TimelineFilter, page: int, page_size: int) -> list[TimelineEntry]:
-        shape, params = self._filter_terms(flt)
-        params.update(patient_id=patient_id, limit=page_size, offset=(max(page, 1) - 1) * page_size)
-        found = await self.hot.all(_page_statement(shape), params, plan_each_call=True)
-        rows = [PageRow.of(row) for row in found]
+    async def _entries(self, patient_id: str, rows: list[PageRow]) -> list[TimelineEntry]:
         if self._described_without_reads(patient_id, rows):
             return [self.entry(row) for row in rows]
         # A key to fetch from the key store, or a staff member's name: blocking reads, so in a worker thread.

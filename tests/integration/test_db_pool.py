@@ -5,13 +5,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 from anyio.from_thread import start_blocking_portal
-from sqlalchemy import literal, select, text
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.exc import OperationalError
 
 from portal import db as portal_db
 from portal.audit import ledger as ledger_module
 from portal.audit.ledger import AuditEvent
 from portal.container import Portal
+from portal.hot_reads import HotRead
 
 pytestmark = pytest.mark.pg
 
@@ -76,6 +77,33 @@ def test_the_event_loop_pool_retries_a_read_once_its_connections_were_dropped(po
     with start_blocking_portal() as loop:  # its own loop, whatever else runs in this thread
         assert loop.call(scenario) == [(1,)] * 4
     assert not portal.hot.on_event_loop
+
+
+def test_reads_sent_together_answer_each_statement_in_order_even_after_connections_were_dropped(
+    portal: Portal,
+) -> None:
+    """``HotReads.together`` (the access page's facts and rows): one round trip on PostgreSQL, each
+    statement's rows in its place, and the same retry as a single read."""
+    reads = (
+        HotRead(select(literal(1).label("one")), {}),
+        HotRead(select(func.generate_series(2, 3).label("n")), {}, prepare=False),
+        HotRead(select(literal(4).label("none")).where(literal(False)), {}),
+    )
+    expected = [[(1,)], [(2,), (3,)], []]
+
+    async def scenario() -> list[list[list[tuple[object, ...]]]]:
+        await portal.hot.open()
+        try:
+            answers = [await portal.hot.together(*reads)]
+            _drop_every_pooled_connection(portal)
+            answers += [await portal.hot.together(*reads) for _ in range(2)]
+            return answers
+        finally:
+            await portal.hot.close()
+
+    with start_blocking_portal() as loop:
+        assert loop.call(portal.hot.together, *reads) == expected  # the worker-thread path, before the pool opens
+        assert loop.call(scenario) == [expected] * 3
 
 
 def test_a_second_event_loop_reads_through_a_worker_thread_and_cannot_close_the_pool(portal: Portal) -> None:
