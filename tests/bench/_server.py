@@ -19,6 +19,7 @@ from litestar import Litestar
 from portal.app import create_app
 from portal.serving import serve
 from portal.settings import Settings
+from tests.support.procfs import TCP_ESTABLISHED, socket_inodes, spawned_children, tcp_inodes
 
 SERVER_MODULE = "tests.bench._server"
 SERVER_START_TIMEOUT_S = 60.0
@@ -96,6 +97,12 @@ class LiveServer:
                 if entry.get("event") == "http.request":
                     found.append(float(entry["ms"]))
         return found
+
+    def connections_by_process(self) -> list[int]:
+        """How many connections each web process holds open to clients, fewest first."""
+        established = tcp_inodes(self.port, TCP_ESTABLISHED)
+        processes = spawned_children(self.process.pid) or [self.process.pid]
+        return sorted(len(socket_inodes(pid) & established) for pid in processes)
 
     def stop(self) -> None:
         if self.process.poll() is None:

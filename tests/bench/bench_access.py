@@ -127,6 +127,7 @@ REQUEST_TIMEOUT_S = 300.0
 LOG_SETTLE_S = 0.5
 MIN_ROUNDS = 3  # measured ingest rounds run even past --ingest-time-limit
 CONCURRENT_BATCHES_PER_SENDER = 8
+WARM_BATCHES_PER_SENDER = 3  # the first starts the process's reading helper, without waiting for it
 SERIAL_REQUESTS = 4  # per page kind, one at a time, after one warm-up request
 
 # (name, weight): the organisations that look at the records, and how often.
@@ -362,12 +363,18 @@ class Method:
     events: int = 0
     # For batches sent at the same time: the phase's wall time, as their durations overlap.
     wall_seconds: float | None = None
+    # And how the senders' connections fell on the web processes (kernel hashing: two may share one).
+    connections_by_process: list[int] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
         if self.wall_seconds is not None:
             return self.events / self.wall_seconds
         return self.events / sum(self.seconds) if self.seconds else math.nan
+
+
+def _shares(bodies: Sequence[bytes], senders: int) -> list[Sequence[bytes]]:
+    return [bodies[i::senders] for i in range(senders)]
 
 
 def concurrent_ingest(
@@ -378,28 +385,35 @@ def concurrent_ingest(
     method = Method("concurrent")
     with live_server(bench.settings, bench.port, bench.base, web_processes) as server:
 
-        def send(own: Sequence[bytes]) -> list[float]:
-            seconds = []
-            with httpx.Client(base_url=server.base_url, headers={"host": server.host}, timeout=REQUEST_TIMEOUT_S) as c:
-                for body in own:
-                    start = time.perf_counter()
-                    response = c.post(
-                        "/api/v1/access-events",
-                        content=body,
-                        headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
-                    )
-                    seconds.append(time.perf_counter() - start)
-                    if response.status_code != 200 or response.json().get("accepted") != size:
-                        raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
-            return seconds
-
-        warm, measured = bodies[:senders], bodies[senders:]
-        with ThreadPoolExecutor(senders) as pool:
-            list(pool.map(send, [[body] for body in warm]))
+        def post(client: httpx.Client, body: bytes) -> float:
             start = time.perf_counter()
-            shares = [measured[i::senders] for i in range(senders)]
-            method.seconds = [s for seconds in pool.map(send, shares) for s in seconds]
-            wall = time.perf_counter() - start
+            response = client.post(
+                "/api/v1/access-events",
+                content=body,
+                headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
+            )
+            if response.status_code != 200 or response.json().get("accepted") != size:
+                raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
+            return time.perf_counter() - start
+
+        # One client (one keep-alive connection) per sender for the whole phase, so the warm-up batches
+        # warm the very process that then serves the measured ones (its reading helper, its key cache).
+        clients = [
+            httpx.Client(base_url=server.base_url, headers={"host": server.host}, timeout=REQUEST_TIMEOUT_S)
+            for _ in range(senders)
+        ]
+        warm, measured = bodies[: senders * WARM_BATCHES_PER_SENDER], bodies[senders * WARM_BATCHES_PER_SENDER :]
+        try:
+            with ThreadPoolExecutor(senders) as pool:
+                list(pool.map(lambda c, own: [post(c, b) for b in own], clients, _shares(warm, senders)))
+                start = time.perf_counter()
+                timed = pool.map(lambda c, own: [post(c, b) for b in own], clients, _shares(measured, senders))
+                method.seconds = [seconds for share in timed for seconds in share]
+                wall = time.perf_counter() - start
+            method.connections_by_process = server.connections_by_process()
+        finally:
+            for client in clients:
+                client.close()
         server.stop()
     method.events = len(measured) * size
     method.wall_seconds = wall
@@ -494,7 +508,7 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
     if args.ingest_senders > 1:
         bodies = [
             "\n".join(json.dumps(s.resource()) for s in specs("many")).encode()
-            for _ in range(args.ingest_senders * CONCURRENT_BATCHES_PER_SENDER)
+            for _ in range(args.ingest_senders * (WARM_BATCHES_PER_SENDER + CONCURRENT_BATCHES_PER_SENDER))
         ]
         concurrent = concurrent_ingest(bench, token, bodies, args.ingest_senders, args.web_processes, size)
         out.note(
@@ -505,6 +519,7 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
         out.figure("api_concurrent_senders", args.ingest_senders)
         out.figure("api_concurrent_events_per_s", concurrent.per_second)
         out.figure("api_concurrent_batch_p50_ms", ms(percentile(concurrent.seconds, 0.5)))
+        out.figure("api_concurrent_connections_by_process", "/".join(map(str, concurrent.connections_by_process)))
     with portal.db.read() as session:
         for origin_name, sender_filter in (("ingested", AccessEvent.origin == "api"),):
             avg = session.scalar(select(func.avg(func.length(AccessEvent.body))).where(sender_filter))

@@ -11,25 +11,12 @@ import httpx
 import pytest
 
 from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _scaled_settings, _wait
+from tests.support.procfs import spawned_children
 from tests.support.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.pg
 
 WEB_PROCESSES = 2
-
-
-def _web_processes(pid: int) -> list[int]:
-    """The children that uvicorn spawned to serve (not, say, multiprocessing's resource tracker)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    children = [int(child) for child in path.read_text().split()] if path.exists() else []
-    return [child for child in children if b"spawn_main" in _cmdline(child)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _answers(url: str) -> bool:
@@ -53,7 +40,7 @@ def test_run_serves_from_the_configured_number_of_web_processes(
     try:
         url = f"http://127.0.0.1:{port}/readyz"
         _wait("the portal to answer", lambda: process.poll() is None and _answers(url), 60)
-        _wait(f"{WEB_PROCESSES} web processes", lambda: len(_web_processes(process.pid)) == WEB_PROCESSES, 30)
+        _wait(f"{WEB_PROCESSES} web processes", lambda: len(spawned_children(process.pid)) == WEB_PROCESSES, 30)
         assert all(_answers(url) for _ in range(20))
     finally:
         process.send_signal(signal.SIGINT)

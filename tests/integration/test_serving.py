@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 from portal.serving import listening_socket
 from tests.integration.test_requests_crash import REPO, _free_port, _wait
+from tests.support.procfs import TCP_LISTEN, socket_inodes, spawned_children, tcp_inodes
 
 PROCESSES = 2
 CONNECTIONS = 48
@@ -31,13 +31,11 @@ class Served:
     port: int
 
     def children(self) -> list[int]:
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        children = [int(child) for child in path.read_text().split()] if path.exists() else []
-        return [child for child in children if b"spawn_main" in _cmdline(child)]
+        return spawned_children(self.process.pid)
 
     def listening_sockets(self, pid: int) -> set[int]:
         """The inodes of the sockets listening on the port that process ``pid`` holds."""
-        return _socket_inodes(pid) & _listening_inodes(self.port)
+        return socket_inodes(pid) & tcp_inodes(self.port, TCP_LISTEN)
 
     def sockets_by_child(self) -> dict[int, set[int]]:
         return {child: self.listening_sockets(child) for child in self.children()}
@@ -144,33 +142,3 @@ def _pid_on_new_connection(port: int) -> int:
         return int(response.read())
     finally:
         connection.close()
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = str(fd.readlink())
-        except OSError:
-            continue
-        found = re.fullmatch(r"socket:\[(\d+)\]", target)
-        if found:
-            inodes.add(int(found.group(1)))
-    return inodes
-
-
-def _listening_inodes(port: int) -> set[int]:
-    listening = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] == "0A":  # TCP_LISTEN
-            listening.add(int(fields[9]))
-    return listening
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
