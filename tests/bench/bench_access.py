@@ -373,6 +373,17 @@ class Method:
         return self.events / sum(self.seconds) if self.seconds else math.nan
 
 
+def post_batch(client: httpx.Client, token: str, body: bytes, size: int) -> None:
+    """Post one NDJSON batch through the API; raises unless all ``size`` events were accepted."""
+    response = client.post(
+        "/api/v1/access-events",
+        content=body,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
+    )
+    if response.status_code != 200 or response.json().get("accepted") != size:
+        raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
+
+
 def _shares(bodies: Sequence[bytes], senders: int) -> list[Sequence[bytes]]:
     return [bodies[i::senders] for i in range(senders)]
 
@@ -387,13 +398,7 @@ def concurrent_ingest(
 
         def post(client: httpx.Client, body: bytes) -> float:
             start = time.perf_counter()
-            response = client.post(
-                "/api/v1/access-events",
-                content=body,
-                headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
-            )
-            if response.status_code != 200 or response.json().get("accepted") != size:
-                raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
+            post_batch(client, token, body, size)
             return time.perf_counter() - start
 
         # One client (one keep-alive connection) per sender for the whole phase, so the warm-up batches
@@ -468,13 +473,7 @@ def bench_ingest(bench: Bench, args: argparse.Namespace, rng: random.Random, out
             )
 
             def run_api(body: bytes = api_body) -> None:
-                response = client.post(
-                    "/api/v1/access-events",
-                    content=body,
-                    headers={"authorization": f"Bearer {token}", "content-type": "application/x-ndjson"},
-                )
-                if response.status_code != 200 or response.json().get("accepted") != size:
-                    raise RuntimeError(f"API batch: {response.status_code} {response.text[:300]}")
+                post_batch(client, token, body, size)
 
             def run_direct(resources: list[dict[str, Any]] = direct_resources) -> None:
                 result = portal.access.ingest(resources, sender=DIRECT_SENDER)

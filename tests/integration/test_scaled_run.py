@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _scaled_settings, _wait
-from tests.support.procfs import spawned_children
+from tests.support.procfs import interrupt_and_wait, spawned_children
 from tests.support.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.pg
@@ -43,10 +42,5 @@ def test_run_serves_from_the_configured_number_of_web_processes(
         _wait(f"{WEB_PROCESSES} web processes", lambda: len(spawned_children(process.pid)) == WEB_PROCESSES, 30)
         assert all(_answers(url) for _ in range(20))
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        interrupt_and_wait(process)
     assert process.returncode == 0, log.read_text(errors="replace")[-3000:]

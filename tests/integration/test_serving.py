@@ -19,7 +19,7 @@ import pytest
 
 from portal.serving import listening_socket
 from tests.integration.test_requests_crash import REPO, _free_port, _wait
-from tests.support.procfs import TCP_LISTEN, socket_inodes, spawned_children, tcp_inodes
+from tests.support.procfs import TCP_LISTEN, interrupt_and_wait, socket_inodes, spawned_children, tcp_inodes
 
 PROCESSES = 2
 CONNECTIONS = 48
@@ -57,12 +57,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         _wait("both web processes to answer", lambda: len(_answering(port, 16)) == PROCESSES, 60, interval=0.2)
         yield served
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        interrupt_and_wait(process)
     assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
 
 

@@ -4,6 +4,8 @@ processes)."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
@@ -45,3 +47,14 @@ def tcp_inodes(port: int, state: str) -> set[int]:
         if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
             found.add(int(fields[9]))
     return found
+
+
+def interrupt_and_wait(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    """Stop a server as Ctrl+C does (a graceful shutdown), killing it if that takes over ``timeout`` s;
+    returns its exit code."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
