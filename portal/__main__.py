@@ -47,7 +47,7 @@ def run(host: str, port: int, demo: bool) -> None:
     from portal.app import create_app
     from portal.container import build_portal
     from portal.logging import configure_logging
-    from portal.serving import serve
+    from portal.serving import ListenError, serve
 
     settings = _settings()
     problems = settings.problems()
@@ -78,7 +78,10 @@ def run(host: str, port: int, demo: bool) -> None:
         return
     # Each web process builds its own app from the same PORTAL_* settings (engines do not cross a fork).
     portal.close()
-    serve("portal.app:create_app", processes=settings.web_processes, **served)
+    try:
+        serve("portal.app:create_app", processes=settings.web_processes, **served)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _migrate_or_refuse(settings: Settings) -> None:

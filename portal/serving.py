@@ -31,12 +31,18 @@ def serve(app: str, *, host: str, port: int, processes: int, **options: Any) -> 
         uvicorn.run(app, factory=True, host=host, port=port, **options)
         return
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=processes, **options)
-    sockets = [listening_socket(host, port, config.backlog) for _ in range(processes)]
+    sockets: list[socket.socket] = []
     try:
+        for _ in range(processes):
+            sockets.append(listening_socket(host, port, config.backlog))
         SocketPerProcess(config, sockets).run()
     finally:
         for sock in sockets:
             sock.close()
+
+
+class ListenError(OSError):
+    """The address cannot be listened on (taken by another program, not this machine's, or privileged)."""
 
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -48,9 +54,9 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
         sock.bind((host, port))
         # Listening here, not first in the process, so no connection waits on a process still starting.
         sock.listen(backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     sock.set_inheritable(True)
     return sock
 

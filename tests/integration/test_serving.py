@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from portal.serving import listening_socket
+from portal.serving import ListenError, listening_socket, serve
 from tests.integration.test_requests_crash import REPO, _free_port, _wait
 from tests.support.procfs import TCP_LISTEN, interrupt_and_wait, socket_inodes, spawned_children, tcp_inodes
 
@@ -111,8 +111,10 @@ def test_a_port_taken_by_a_socket_that_does_not_share_it_is_refused() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        with pytest.raises(OSError):  # ...a socket that did not agree to share it may not
-            listening_socket("127.0.0.1", port, 8)
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            listening_socket("127.0.0.1", port, 8)  # ...a socket that did not agree to share it may not
+        with pytest.raises(ListenError):  # refused before any web process starts
+            serve("tests.support.pid_app:create", host="127.0.0.1", port=port, processes=2)
 
 
 def _answers(port: int, connections: int) -> list[int]:
