@@ -47,7 +47,7 @@ def run(host: str, port: int, demo: bool) -> None:
     from portal.app import create_app
     from portal.container import build_portal
     from portal.logging import configure_logging
-    from portal.serving import ListenError, serve
+    from portal.serving import ListenError, serve, served_options
 
     settings = _settings()
     problems = settings.problems()
@@ -63,16 +63,7 @@ def run(host: str, port: int, demo: bool) -> None:
         for line in seed_demo(portal):
             click.echo(line)
     click.echo(f"Portal running at {settings.origin}/ (listening on {host}:{port}); press Ctrl+C to stop.")
-    served: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "access_log": False,
-        "log_config": None,
-        "server_header": False,
-        "date_header": True,
-        "proxy_headers": settings.is_production,
-        "forwarded_allow_ips": "127.0.0.1",
-    }
+    served: dict[str, Any] = {"host": host, "port": port, "log_config": None, **served_options(settings)}
     if settings.web_processes == 1:
         uvicorn.run(create_app(settings, portal), **served)
         return

@@ -36,6 +36,7 @@ class Settings:
     secret_key: str = ""
     kek: str = ""
     web_processes: int = 1
+    keep_alive_seconds: int = 75
     worker_threads: int = 4
     max_body_bytes: int = 2 * 1024 * 1024
     log_level: str = "INFO"
@@ -120,6 +121,8 @@ class Settings:
             found.append("PORTAL_BROKER_URL must be memory:// or a redis:// URL")
         if self.web_processes < 1 or self.worker_threads < 1:
             found.append("PORTAL_WEB_PROCESSES and PORTAL_WORKER_THREADS must be at least 1")
+        if self.keep_alive_seconds < 1:
+            found.append("PORTAL_KEEP_ALIVE_SECONDS must be at least 1")
         if self.max_body_bytes < 1024:
             found.append("PORTAL_MAX_BODY_BYTES must be at least 1024")
         if self.access_retention_years < 3:
@@ -156,6 +159,7 @@ _ENV_FIELDS: dict[str, type] = {
     "secret_key": str,
     "kek": str,
     "web_processes": int,
+    "keep_alive_seconds": int,
     "worker_threads": int,
     "max_body_bytes": int,
     "log_level": str,

@@ -17,7 +17,7 @@ import httpx
 from litestar import Litestar
 
 from portal.app import create_app
-from portal.serving import serve
+from portal.serving import serve, served_options
 from portal.settings import Settings
 from tests.support.procfs import TCP_ESTABLISHED, socket_inodes, spawned_children, tcp_inodes
 
@@ -33,14 +33,13 @@ def server_app() -> Litestar:
 def main() -> None:
     """Serve ``server_app`` on 127.0.0.1:PORT from WORKERS processes as ``portal run`` does (argv: PORT WORKERS)."""
     port, workers = (int(arg) for arg in sys.argv[1:3])
-    # The app logs one line per request itself (RequestLogMiddleware).
     serve(
         f"{SERVER_MODULE}:server_app",
         host="127.0.0.1",
         port=port,
         processes=workers,
-        access_log=False,
         log_level="warning",
+        **served_options(Settings.from_env()),
     )
 
 

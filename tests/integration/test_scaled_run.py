@@ -1,4 +1,5 @@
-"""``portal run`` in the scaled mode starts PORTAL_WEB_PROCESSES web processes, each with its own app."""
+"""``portal run`` in the scaled mode starts PORTAL_WEB_PROCESSES web processes, each with its own app, and
+keeps idle connections open as the embedded mode does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.test_idle_connections import assert_idle_connection_is_kept
 from tests.integration.test_requests_crash import REPO, _child_env, _free_port, _scaled_settings, _wait
 from tests.support.procfs import interrupt_and_wait, spawned_children
 from tests.support.servers import PostgresServer, RedisServer
@@ -41,6 +43,7 @@ def test_run_serves_from_the_configured_number_of_web_processes(
         _wait("the portal to answer", lambda: process.poll() is None and _answers(url), 60)
         _wait(f"{WEB_PROCESSES} web processes", lambda: len(spawned_children(process.pid)) == WEB_PROCESSES, 30)
         assert all(_answers(url) for _ in range(20))
+        assert_idle_connection_is_kept(port)
     finally:
         interrupt_and_wait(process)
     assert process.returncode == 0, log.read_text(errors="replace")[-3000:]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from portal.app import create_app
+from portal.serving import served_options
 from portal.settings import Settings, SettingsError
 
 SAFE_PRODUCTION = {
@@ -41,6 +42,7 @@ def test_unknown_portal_variable_is_an_error() -> None:
     ("name", "value", "message"),
     [
         ("PORTAL_WEB_PROCESSES", "many", "PORTAL_WEB_PROCESSES must be a number"),
+        ("PORTAL_KEEP_ALIVE_SECONDS", "long", "PORTAL_KEEP_ALIVE_SECONDS must be a number"),
         ("PORTAL_LOG_JSON", "perhaps", "PORTAL_LOG_JSON must be true or false"),
         ("PORTAL_ENV", "staging", "PORTAL_ENV must be development or production"),
     ],
@@ -70,6 +72,19 @@ def test_production_refuses_each_unsafe_setting(override: dict[str, str], proble
     assert any(p.startswith(problem) for p in settings.problems()), settings.problems()
     with pytest.raises(SettingsError, match="refusing to start"):
         create_app(settings)
+
+
+def test_keep_alive_must_be_at_least_a_second() -> None:
+    assert Settings.from_env({"PORTAL_KEEP_ALIVE_SECONDS": "0"}).problems() == [
+        "PORTAL_KEEP_ALIVE_SECONDS must be at least 1"
+    ]
+
+
+def test_web_processes_keep_idle_connections_longer_than_proxies_and_client_pools() -> None:
+    """nginx keeps idle upstream connections 60 s and httpx its pool's 5 s: they, not the portal,
+    close an idle connection, so no request is sent into one the portal is closing."""
+    options = served_options(Settings())
+    assert options["timeout_keep_alive"] == 75
 
 
 def test_origin_must_be_bare() -> None:
