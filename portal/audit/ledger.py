@@ -44,12 +44,17 @@ class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (Index("ix_ledger_entries_subject_seq", "subject", "seq"),)
 
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # On SQLite an INTEGER primary key is the table's own row key: a BIGINT one is an index beside it,
+    # one more to write for every entry and to look through for every span a verification reads.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     entry: Mapped[bytes] = mapped_column(LargeBinary)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
-    # Copies of entry fields to select by (a patient's security activity); what is shown is the entry itself.
+    # Copies of entry fields to select by (a patient's security activity); what is shown is the entry
+    # itself. Every look-up by action is also by subject, so the subject index serves it.
     subject: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    action: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

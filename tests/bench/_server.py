@@ -12,21 +12,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-from litestar import Litestar
 
-from portal.app import create_app
 from portal.serving import serve, served_options
 from portal.settings import Settings
 from tests.support.procfs import TCP_ESTABLISHED, socket_inodes, spawned_children, tcp_inodes
+
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 SERVER_MODULE = "tests.bench._server"
 SERVER_START_TIMEOUT_S = 60.0
 
 
 def server_app() -> Litestar:
-    """The uvicorn app factory of the server process: the real app, from ``PORTAL_*`` settings."""
+    """The uvicorn app factory of the server process: the real app, from ``PORTAL_*`` settings.
+
+    The app is imported here, not with this module: a web process's line-reading helper (spawned)
+    imports the main module, and in ``portal run`` that is the light ``portal.__main__``. Importing
+    the whole app there took 2.3 s of CPU from the benchmark's first rounds."""
+    from portal.app import create_app
+
     return create_app()
 
 

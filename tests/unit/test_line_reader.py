@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from portal.access.reading import MIN_LINES_TO_SHARE, LineReader, Read, read_lin
 from tests.support.balp import balp_event
 
 HELPER_START_SECONDS = 30.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reader_pids(lines: Sequence[bytes]) -> list[Read]:
@@ -88,3 +92,14 @@ def test_the_helper_reads_lines_as_this_process_does() -> None:
         shared.close()
     assert read_line(b"{not json") == "the line is not JSON"
     assert read_line(bad[1]) == "not a FHIR AuditEvent"
+
+
+@pytest.mark.parametrize("main_module", ["portal.__main__", "tests.bench._server"])
+def test_the_helper_starts_light_where_the_portal_runs(main_module: str) -> None:
+    """A spawned helper first imports the main module of the process that starts it: for ``portal run``
+    and the benchmarks' server that module must not load the app, or each web process's helper would
+    spend 2.3 s of CPU and 150 MB loading it before it could read a line."""
+    heavy = ("portal.app", "portal.container", "litestar", "weasyprint")
+    code = f"import sys, {main_module}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert imported.stdout.strip() == ""
