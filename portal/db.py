@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
@@ -24,9 +25,11 @@ from sqlalchemy import (
     Engine,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    UniqueConstraint,
     any_,
     bindparam,
     create_engine,
@@ -36,8 +39,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, QueryableAttribute, Session, sessionmaker
+from sqlalchemy.schema import ColumnCollectionConstraint
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -50,6 +54,9 @@ NAMING_CONVENTION = {
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 IDLE_PING_SECONDS = 5.0
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -242,6 +249,39 @@ def insert_rows(conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]
                 copy.write_row([row[name] if bind is None else bind(row[name]) for name, bind in binders])
     except driver_error as exc:
         raise DBAPIError.instance(sql, None, exc, driver_error) from exc
+
+
+def unique_key(table: Table, *columns: str) -> ColumnCollectionConstraint:
+    """``table``'s primary key or unique constraint over exactly these columns."""
+    wanted = [table.c[name] for name in columns]
+    for constraint in table.constraints:
+        if isinstance(constraint, PrimaryKeyConstraint | UniqueConstraint) and list(constraint.columns) == wanted:
+            return constraint
+    raise LookupError(f"{table.name} has no unique key on {', '.join(columns)}")
+
+
+def retried_on_collision(attempt: Callable[[], T], *keys: ColumnCollectionConstraint, attempts: int = 3) -> T:
+    """``attempt()``, again when a concurrent transaction committed a row with one of these unique ``keys``
+    after this one looked for it: a write that looks before inserting (an idempotent import) then finds
+    that row, instead of failing on it. On SQLite the write lock, taken before the look, prevents this."""
+    for number in itertools.count(1):
+        try:
+            return attempt()
+        except IntegrityError as exc:
+            key = next((key for key in keys if _collided(exc, key)), None)
+            if key is None or number == attempts:
+                raise
+            log.info("db.write_met_a_concurrent_one", key=key.name, attempt=number)
+    raise AssertionError("unreachable")
+
+
+def _collided(exc: IntegrityError, key: ColumnCollectionConstraint) -> bool:
+    diag = getattr(exc.orig, "diag", None)
+    if diag is not None:  # psycopg names the constraint
+        return bool(diag.constraint_name == key.name)
+    assert key.table is not None
+    columns = ", ".join(f"{key.table.name}.{column.name}" for column in key.columns)
+    return str(exc.orig) == f"UNIQUE constraint failed: {columns}"
 
 
 def _bind_param(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:

@@ -33,7 +33,7 @@ from portal.access.models import (
 )
 from portal.access.reading import LineReader, Read, read_resource
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.db import Database, insert_rows, new_id, utcnow
+from portal.db import Database, insert_rows, new_id, retried_on_collision, unique_key, utcnow
 from portal.hot_reads import HotRead, HotReads
 from portal.records.models import PatientIdentifier
 from portal.records.service import RecordStore
@@ -51,6 +51,7 @@ class AlertSender(Protocol):
 
 CATEGORY = "access_log"
 ACCESS_EVENTS = cast(Table, AccessEvent.__table__)  # inserts through Core skip the ORM's bulk-insert step
+SOURCE_KEY_UNIQUE = unique_key(ACCESS_EVENTS, "source_key")
 PAGE_SIZE = 25
 # Summaries of (patient, filter) kept per process. The version the database keeps makes them exact;
 # the time limit only bounds what a change it cannot see (a key destroyed by hand) leaves on show.
@@ -283,6 +284,17 @@ class AccessLog:
         return resolved
 
     def _store(self, parsed: list[tuple[int, AccessFacts, str, str]], sender: str, result: IngestResult) -> None:
+        decided = len(result.lines)  # the lines refused before storing
+
+        def attempt() -> None:
+            del result.lines[decided:]  # what an attempt that collided said of the others
+            self._store_once(parsed, sender, result)
+
+        # A sender that gave up waiting and sent its batch again gets "duplicate" for what the first stored.
+        retried_on_collision(attempt, SOURCE_KEY_UNIQUE)
+
+    def _store_once(self, parsed: list[tuple[int, AccessFacts, str, str]], sender: str, result: IngestResult) -> None:
+        """One transaction: the events not stored yet, their ledger entries and alerts."""
         if not parsed:
             return
         batch_patients = {patient_id for _i, _f, patient_id, _k in parsed}

@@ -12,16 +12,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account, Credential, Invitation, RecoveryCode, StepUpEvidence
 from portal.accounts.passkeys import Ceremonies, CeremonyError, Options, new_user_handle
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.db import Database, utcnow
+from portal.db import Database, retried_on_collision, unique_key, utcnow
 from portal.notify import Notifier
 from portal.records.service import RecordStore
 from portal.security.ratelimit import Limit, RateLimiter, TooManyRequestsError
@@ -29,6 +29,8 @@ from portal.security.secrets import SECRET_HASHER
 from portal.security.sessions import SessionService, SubjectKind, WebSession
 
 INVITATION_LIFETIME = timedelta(hours=72)
+PATIENT_ACCOUNT_KEY = unique_key(cast(Table, Account.__table__), "patient_id")
+EMAIL_KEY = unique_key(cast(Table, Account.__table__), "email")
 INVITATION_MAX_WRONG_ANSWERS = 5
 STEP_UP_FRESHNESS = timedelta(minutes=5)
 LOCK_AFTER_FAILURES = 100
@@ -103,6 +105,10 @@ class AccountService:
         patient_id = self.records.find_by_mrn(mrn)
         if patient_id is None:
             raise AccountError("no patient has that MRN")
+        # Two officers inviting a new patient at once: the second finds the first's account and invites again.
+        return retried_on_collision(lambda: self._invite_patient(patient_id, actor=actor), PATIENT_ACCOUNT_KEY)
+
+    def _invite_patient(self, patient_id: str, *, actor: str) -> str:
         with self.db.write() as session:
             account = session.scalars(select(Account).where(Account.patient_id == patient_id)).one_or_none()
             if account is None:
@@ -152,6 +158,10 @@ class AccountService:
             raise AccountError("enter a valid e-mail address")
         if not display_name.strip() or len(display_name) > 120:
             raise AccountError("enter the person's name (up to 120 characters)")
+        # The same person added twice at once: the second is told the address is taken, as it would be later.
+        return retried_on_collision(lambda: self._create_staff(email, role, display_name, actor=actor), EMAIL_KEY)
+
+    def _create_staff(self, email: str, role: str, display_name: str, *, actor: str) -> str:
         with self.db.write() as session:
             if session.scalars(select(Account).where(Account.email == email)).first() is not None:
                 raise AccountError("an account with that e-mail address already exists")

@@ -27,7 +27,20 @@ from urllib.parse import urlsplit
 import msgspec
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Table, Text, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -69,7 +82,15 @@ class LedgerHead(Base):
 
 
 LEDGER_ENTRIES = cast(Table, LedgerEntry.__table__)
+_HEAD_IF_NONE = text(
+    "INSERT INTO ledger_head (id, size, last_leaf) VALUES (1, 0, :genesis) ON CONFLICT (id) DO NOTHING"
+)
 _HEAD_FOR_UPDATE = select(LedgerHead.size, LedgerHead.last_leaf).where(LedgerHead.id == 1).with_for_update()
+
+
+def make_head(conn: Connection) -> None:
+    """The head of an empty ledger, unless there is one (made by a concurrent transaction: this waits for it)."""
+    conn.execute(_HEAD_IF_NONE, {"genesis": GENESIS})
 
 
 class LedgerCheckpoint(Base):
@@ -212,16 +233,19 @@ class Ledger:
             return []
         conn = session.connection()
         head = conn.execute(_HEAD_FOR_UPDATE).first()
-        first, prev = (head.size, head.last_leaf) if head is not None else (0, GENESIS)
+        if head is None:
+            # The first append ever. Two at once would both find no row to lock and number their entries
+            # from 0: the head is made (or, made by the other, waited for) and then locked like any other.
+            make_head(conn)
+            head = conn.execute(_HEAD_FOR_UPDATE).one()
+        first, prev = head.size, head.last_leaf
         leaves: list[bytes] = []
         # One COPY (or executemany), not a statement per entry: ingest appends thousands at once. On
         # PostgreSQL each entry is sent as soon as it is made, so the server stores it meanwhile.
         insert_rows(conn, LEDGER_ENTRIES, _entry_rows(events, first, prev, self.clock(), leaves))
-        moved = {"size": first + len(leaves), "last_leaf": leaves[-1]}
-        if head is None:
-            conn.execute(insert(LedgerHead).values(id=1, **moved))
-        else:
-            conn.execute(update(LedgerHead).where(LedgerHead.id == 1).values(**moved))
+        conn.execute(
+            update(LedgerHead).where(LedgerHead.id == 1).values(size=first + len(leaves), last_leaf=leaves[-1])
+        )
         return list(range(first, first + len(leaves)))
 
     def record(self, event: AuditEvent) -> int:
@@ -610,6 +634,10 @@ class _DatabaseAppender:
             conn.close()
 
     def _connect(self) -> psycopg.Connection[Any]:
+        # The database function would make a missing head itself and collide with a first append under way
+        # elsewhere: the head is made here first, waiting for that append.
+        with self._ledger.db.engine.begin() as conn:
+            make_head(conn)
         self._conn = psycopg.connect(self._ledger.db.conninfo(), autocommit=True)
         return self._conn
 

@@ -15,13 +15,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import nh3
 from markdown_it import MarkdownIt
-from sqlalchemy import Select, and_, bindparam, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, Table, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from portal.audit.ledger import AuditEvent, Ledger
@@ -30,7 +29,7 @@ from portal.consent.defaults import DEFAULT_PURPOSES
 from portal.consent.fhir import consent_resource
 from portal.consent.models import ConsentDecision, ConsentEvent, ConsentPurpose, NoticeVersion
 from portal.consent.receipts import ReceiptFacts, build_receipt, sign_receipt
-from portal.db import Database, new_id, utcnow
+from portal.db import Database, new_id, retried_on_collision, unique_key, utcnow
 from portal.hot_reads import HotReads
 from portal.records.models import CategoryRestriction, PatientIdentifier
 from portal.records.service import RecordStore
@@ -38,6 +37,9 @@ from portal.security.keystore import KeyStore
 
 EVENTS = {"grant": "granted", "withdraw": "withdrawn"}
 CHANNELS = ("portal", "staff", "api")
+DECISION_KEY = unique_key(cast(Table, ConsentDecision.__table__), "patient_id", "purpose_code")
+PURPOSE_KEY = unique_key(cast(Table, ConsentPurpose.__table__), "code")
+NOTICE_KEY = unique_key(cast(Table, NoticeVersion.__table__), "purpose_code", "version")
 CONSENT_NAMESPACE = uuid.UUID("6c1f3d2e-5d0a-4c39-9f6e-8d1c2b7a4e10")
 PURPOSE_CACHE_SECONDS = 5.0  # a newly published notice reaches decisions within this time
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False})
@@ -230,29 +232,37 @@ class ConsentService:
             problems.append("purpose of use: an HL7 ActReason code such as HRESCH")
         if problems:
             raise ConsentError("; ".join(problems))
-        with self.db.write() as session:
-            if session.get(ConsentPurpose, code) is not None:
-                raise ConsentError("a purpose with that code already exists")
-            session.add(
-                ConsentPurpose(
-                    code=code,
-                    title=title.strip(),
-                    summary=summary.strip(),
-                    lawful_basis=lawful_basis.strip(),
-                    categories=",".join(categories),
-                    recipients="; ".join(r.strip() for r in recipients if r.strip()),
-                    jurisdiction=jurisdiction.strip() or "EU/US",
-                    mode=mode,
-                    purpose_of_use=purpose_of_use.upper(),
+
+        def add() -> None:
+            with self.db.write() as session:
+                if session.get(ConsentPurpose, code) is not None:
+                    raise ConsentError("a purpose with that code already exists")
+                session.add(
+                    ConsentPurpose(
+                        code=code,
+                        title=title.strip(),
+                        summary=summary.strip(),
+                        lawful_basis=lawful_basis.strip(),
+                        categories=",".join(categories),
+                        recipients="; ".join(r.strip() for r in recipients if r.strip()),
+                        jurisdiction=jurisdiction.strip() or "EU/US",
+                        mode=mode,
+                        purpose_of_use=purpose_of_use.upper(),
+                    )
                 )
-            )
-            self.ledger.append(
-                session, AuditEvent(action="consent.purpose_created", actor=actor, object=f"purpose:{code}")
-            )
+                self.ledger.append(
+                    session, AuditEvent(action="consent.purpose_created", actor=actor, object=f"purpose:{code}")
+                )
+
+        retried_on_collision(add, PURPOSE_KEY)  # two admins at once: the second is told the code is taken
 
     def draft_notice(self, code: str, text: str, *, material: bool, actor: str) -> NoticeVersion:
         if not text.strip():
             raise ConsentError("the notice text is empty")
+        # Two drafts at once: the second becomes the next version, as it would a moment later.
+        return retried_on_collision(lambda: self._add_draft(code, text, material=material, actor=actor), NOTICE_KEY)
+
+    def _add_draft(self, code: str, text: str, *, material: bool, actor: str) -> NoticeVersion:
         with self.db.write() as session:
             if session.get(ConsentPurpose, code) is None:
                 raise ConsentError("no such consent purpose")
@@ -368,16 +378,14 @@ class ConsentService:
                 raise ConsentError("give the reason for recording this change (at least 5 characters)")
             if not evidence_ref or not evidence_ref.strip():
                 raise ConsentError("give the reference of the scanned form")
-        try:
-            return self._change(
+        # Two first-ever changes race to create the decision row; once it exists, the second attempt locks
+        # it like any later change.
+        return retried_on_collision(
+            lambda: self._change(
                 patient_id, code, event, channel=channel, actor=actor, reason=reason, evidence_ref=evidence_ref
-            )
-        except IntegrityError:
-            # Two first-ever changes raced to create the decision row; the row exists now, so the
-            # retry locks it like any later change.
-            return self._change(
-                patient_id, code, event, channel=channel, actor=actor, reason=reason, evidence_ref=evidence_ref
-            )
+            ),
+            DECISION_KEY,
+        )
 
     def _change(
         self,

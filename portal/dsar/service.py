@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.access.service import AccessLog
@@ -26,7 +26,7 @@ from portal.accounts.models import StepUpEvidence
 from portal.accounts.service import STEP_UP_FRESHNESS, AccountService
 from portal.audit.ledger import AuditEvent, Ledger
 from portal.consent.models import ConsentEvent, ConsentPurpose
-from portal.db import Database, new_id, utcnow
+from portal.db import Database, new_id, retried_on_collision, unique_key, utcnow
 from portal.dsar import deadlines
 from portal.dsar.erasure import Eraser, PlanItem, Step
 from portal.dsar.export import PSEUDONYM_SYSTEM, ExportBuilder, Scope, provenance
@@ -58,6 +58,7 @@ TICK_JOB = "dsar.tick"
 KEY_CATEGORY = "requests"  # request messages and export archives are encrypted under this key
 EXPORT_AVAILABLE = timedelta(days=7)
 AUTO_APPROVE_EXPORTS = "auto_approve_exports"
+RECIPIENT_KEY = unique_key(cast(Table, Recipient.__table__), "name")
 POLICIES = {AUTO_APPROVE_EXPORTS: "Approve exports by patients who confirmed it is them with a passkey"}
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}")
 SYSTEM = "system:dsar"
@@ -404,17 +405,21 @@ class RequestService:
             raise RequestError("give the recipient's name (as the consent purposes name it)")
         if not EMAIL.fullmatch(contact):
             raise RequestError("give the e-mail address where erasure notices go")
-        with self.db.write() as session:
-            row = session.scalars(select(Recipient).where(Recipient.name == name)).first()
-            if row is None:
-                row = Recipient(name=name, contact=contact, active=True)
-                session.add(row)
-            else:
-                row.contact, row.active = contact, True
-            self.ledger.append(
-                session, AuditEvent(action="dsar.recipient_registered", actor=actor, object=f"recipient:{name}")
-            )
-        return row
+
+        def register() -> Recipient:
+            with self.db.write() as session:
+                row = session.scalars(select(Recipient).where(Recipient.name == name)).first()
+                if row is None:
+                    row = Recipient(name=name, contact=contact, active=True)
+                    session.add(row)
+                else:
+                    row.contact, row.active = contact, True
+                self.ledger.append(
+                    session, AuditEvent(action="dsar.recipient_registered", actor=actor, object=f"recipient:{name}")
+                )
+            return row
+
+        return retried_on_collision(register, RECIPIENT_KEY)  # registered twice at once: the second updates it
 
     def policy(self, name: str) -> bool:
         with self.db.read() as session:

@@ -10,21 +10,23 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from portal.audit.ledger import AuditEvent, Ledger
-from portal.db import Database, new_id
+from portal.db import Database, new_id, retried_on_collision, unique_key
 from portal.records.categories import BY_RESOURCE_TYPE, category_for
 from portal.records.models import CategoryRestriction, Patient, PatientIdentifier, Resource
 from portal.security.crypto import FieldContext, blind_index, decrypt_field, encrypt_field
 from portal.security.keystore import KeyDestroyedError, KeyStore
 
 MRN_TYPE_CODE = "MR"
+IDENTIFIER_KEY = unique_key(cast(Table, PatientIdentifier.__table__), "index")
+RESOURCE_SOURCE_KEY = unique_key(cast(Table, Resource.__table__), "patient_id", "source_key")
 
 
 class ReadObserver(Protocol):
@@ -155,6 +157,16 @@ class RecordStore:
                     )
                 ]
             )
+        # Two imports for one new patient, or of one resource, at once: the second finds what the first stored.
+        return retried_on_collision(
+            lambda: self._store_bundle(validated, indexes, actor=actor, role=role, source=source),
+            IDENTIFIER_KEY,
+            RESOURCE_SOURCE_KEY,
+        )
+
+    def _store_bundle(
+        self, validated: _Validated, indexes: dict[str, str], *, actor: str, role: str | None, source: str
+    ) -> ImportResult:
         with self.db.write() as session:
             patient_id, created = self._find_or_create_patient(session, indexes, validated.patient.index)
             keys = {c: self.keys.data_key(patient_id, c, create=True) for c in {e.category for e in validated.entries}}

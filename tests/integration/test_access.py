@@ -23,6 +23,7 @@ from tests.support.accounts import enrol_patient, new_patient
 from tests.support.aio import run_async
 from tests.support.authenticator import SoftwareAuthenticator
 from tests.support.balp import balp_event
+from tests.support.concurrency import overlapping
 
 Client = TestClient[Litestar]
 
@@ -150,6 +151,51 @@ def test_a_row_the_database_refuses_mid_batch_fails_the_whole_batch(
         portal.access.ingest([balp_event(f"d{i}", mrn) for i in range(3)], sender="integration:ehr")
     assert _stored_accesses(portal) == 0
     assert portal.ledger.size() == ledger_size
+
+
+def test_events_another_batch_stored_after_the_look_up_come_back_as_duplicates(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look-up of known events misses those a concurrent batch commits just after it: the insert
+    collides with them, and the batch is stored again, finding them. Any other refusal still fails it."""
+    mrn, _ = new_patient(portal)
+    stored = [balp_event(f"raced-{i}", mrn) for i in range(3)]
+    portal.access.ingest(stored, sender="integration:ehr")
+    ledger_size = portal.ledger.size()
+    real_new_rows = access_service._NewRows
+    looked_up = itertools.count()
+
+    def first_look_up_misses(*args: Any, known: set[str], **kwargs: Any) -> Any:
+        return real_new_rows(*args, known=set() if next(looked_up) == 0 else known, **kwargs)
+
+    monkeypatch.setattr(access_service, "_NewRows", first_look_up_misses)
+    result = portal.access.ingest([*stored, balp_event("raced-new", mrn)], sender="integration:ehr")
+    assert [line.status for line in result.lines] == ["duplicate"] * 3 + ["accepted"]
+    assert next(looked_up) == 2, "stored twice: once colliding, once finding them"
+    assert _stored_accesses(portal) == 4
+    assert portal.ledger.size() == ledger_size + 1
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+def test_the_same_events_sent_twice_at_once_are_stored_once(portal: Portal) -> None:
+    """An integration engine that gave up waiting resends its batch while the first is still being stored.
+    The second's look-up of known events runs before the first commits and finds none; its insert then
+    waits on the first's rows, and collides with them once they commit. It must answer "duplicate" for
+    them, not fail. (On SQLite a batch takes the write lock before its look-up: the two cannot overlap.)"""
+    mrn, _ = new_patient(portal)
+    events = [balp_event(f"twice-{i}", mrn) for i in range(5)]
+    ledger_size = portal.ledger.size()
+    first, second = overlapping(
+        portal,
+        lambda: portal.access.ingest(events, sender="integration:ehr"),
+        lambda: portal.access.ingest(events, sender="integration:ehr"),
+    )
+    assert [line.status for line in first.result().lines] == ["accepted"] * 5
+    assert [line.status for line in second.result().lines] == ["duplicate"] * 5
+    assert _stored_accesses(portal) == 5
+    assert portal.ledger.size() == ledger_size + 5
+    assert portal.ledger.verify().ok
 
 
 def _rows_shown(page: str) -> int:

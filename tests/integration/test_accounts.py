@@ -10,6 +10,7 @@ from litestar.testing import TestClient
 from sqlalchemy import select
 
 from portal.accounts.models import Account, StepUpEvidence
+from portal.accounts.service import AccountError
 from portal.container import Portal
 from portal.jobs.models import Job
 from portal.security.sessions import COOKIE_NAME
@@ -28,6 +29,7 @@ from tests.support.accounts import (
     token_of,
 )
 from tests.support.authenticator import SoftwareAuthenticator
+from tests.support.concurrency import overlapping
 
 Client = TestClient[Litestar]
 
@@ -419,3 +421,33 @@ def test_security_activity_page_shows_plain_language(
     enrol_patient(client, portal, authenticator)
     page = client.get("/account/security")
     assert "A passkey was added" in page.text and "Account set up" in page.text
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+def test_two_officers_inviting_a_new_patient_at_once_make_one_account(portal: Portal) -> None:
+    """The second finds the account the first made, and invites again (the first's link stops working),
+    as it would a moment later. (On SQLite the write lock keeps the two apart.)"""
+    mrn, _ = new_patient(portal)
+    first, second = overlapping(
+        portal,
+        lambda: portal.accounts.invite_patient(mrn, actor="staff:one"),
+        lambda: portal.accounts.invite_patient(mrn, actor="staff:two"),
+    )
+    first_link, second_link = first.result(), second.result()
+    with portal.db.read() as session:
+        assert len(session.scalars(select(Account).where(Account.kind == "patient")).all()) == 1
+    assert portal.accounts.invitation(token_of(first_link)).status == "dead"
+    assert portal.accounts.invitation(token_of(second_link)).status == "live"
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+def test_the_same_staff_member_added_twice_at_once_is_refused_the_second_time(portal: Portal) -> None:
+    def add() -> str:
+        return portal.accounts.create_staff("ada@example.org", "privacy_officer", "Ada", actor="staff:admin")
+
+    first, second = overlapping(portal, add, add)
+    assert first.result()
+    with pytest.raises(AccountError, match="already exists"):
+        second.result()

@@ -29,6 +29,7 @@ from portal.audit.ledger import (
     entry_bytes,
 )
 from portal.container import Portal
+from tests.support.concurrency import overlapping
 
 
 def _fill(portal: Portal, count: int) -> None:
@@ -519,3 +520,20 @@ def test_verify_in_spans_names_an_entry_deleted_at_a_span_edge(portal: Portal, s
         conn.execute(text("DELETE FROM ledger_entries WHERE seq = :s"), {"s": seq})
     report = portal.ledger.verify(workers=2)
     assert report.problems[0] == f"entry {seq} is missing (deleted): found sequence {seq + 1} next"
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["in a transaction", "grouped"])
+def test_the_first_two_entries_ever_appended_at_once_are_0_and_1(portal: Portal, grouped: bool) -> None:
+    """An empty ledger has no head row to lock: the first append makes it, and a second one at the same
+    moment waits for it, whether in a transaction of its own or through the group committer's function."""
+    assert portal.ledger.size() == 0
+    second_append = portal.ledger.record_grouped if grouped else portal.ledger.record
+    first, second = overlapping(
+        portal,
+        lambda: portal.ledger.record(AuditEvent(action="test.first", actor="system:test")),
+        lambda: second_append(AuditEvent(action="test.second", actor="system:test")),
+    )
+    assert (first.result(), second.result()) == (0, 1)
+    assert portal.ledger.verify().ok

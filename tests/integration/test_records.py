@@ -15,6 +15,7 @@ from portal.container import Portal
 from portal.records.models import PatientIdentifier, Resource
 from portal.records.service import BundleRejectedError
 from portal.records.synthetic import MRN_SYSTEM, generate_patient_bundle
+from tests.support.concurrency import overlapping
 
 TODAY = date(2026, 11, 1)
 CANARY = "Zebulon-Canary-7Q"
@@ -83,6 +84,40 @@ def test_reimport_updates_instead_of_duplicating(portal: Portal) -> None:
     assert second.patient_id == first.patient_id and not second.created_patient
     assert second.updated == len(bundle["entry"])
     assert sum(portal.records.counts(first.patient_id).values()) == len(bundle["entry"])
+
+
+def _with_another_resource(bundle: dict[str, Any]) -> dict[str, Any]:
+    grown = copy.deepcopy(bundle)
+    extra = copy.deepcopy(grown["entry"][1])
+    extra["resource"]["id"] = "a-resource-sent-twice"
+    extra["fullUrl"] = "urn:uuid:00000000-0000-4000-8000-00000000a5e7"
+    grown["entry"].append(extra)
+    return grown
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("backend", ["pg"])
+@pytest.mark.parametrize("patient_known", [False, True], ids=["new patient", "known patient"])
+def test_the_same_bundle_imported_twice_at_once_is_stored_once(portal: Portal, patient_known: bool) -> None:
+    """A sender that gave up waiting sends a bundle again while the first is still being stored. The second
+    finds neither the patient nor the resources the first has not committed yet, then collides with them
+    once it does (a new patient's identifier, or a new resource of a known one), and must store the
+    bundle again over what the first stored, not fail. (SQLite's write lock keeps the two apart.)"""
+    bundle = _bundle(seed=7)
+    if patient_known:
+        portal.records.import_bundle(bundle, actor="system:test")
+        bundle = _with_another_resource(bundle)
+    first, second = overlapping(
+        portal,
+        lambda: portal.records.import_bundle(bundle, actor="system:test"),
+        lambda: portal.records.import_bundle(copy.deepcopy(bundle), actor="system:test"),
+    )
+    stored, again = first.result(), second.result()
+    assert again.patient_id == stored.patient_id and stored.created_patient is not patient_known
+    assert not again.created_patient and again.updated == len(bundle["entry"])
+    assert sum(portal.records.counts(stored.patient_id).values()) == len(bundle["entry"])
+    with portal.db.read() as session:
+        assert set(session.scalars(select(PatientIdentifier.patient_id))) == {stored.patient_id}
 
 
 @pytest.mark.parametrize(
