@@ -67,10 +67,12 @@ def overlapping(portal: Portal, first: Callable[[], T], second: Callable[[], U])
         ThreadPoolExecutor(1, FIRST) as first_pool,
         ThreadPoolExecutor(1, "second") as second_pool,
     ):
-        first_done = first_pool.submit(first)
-        if not held.reached.wait(WAIT_SECONDS):
-            raise AssertionError("the first transaction never reached its commit")
-        second_done = second_pool.submit(second)
-        until_a_transaction_waits_for_a_lock(portal)
-        held.released.set()
+        try:
+            first_done = first_pool.submit(first)
+            if not held.reached.wait(WAIT_SECONDS):
+                raise AssertionError("the first transaction never reached its commit")
+            second_done = second_pool.submit(second)
+            until_a_transaction_waits_for_a_lock(portal)
+        finally:
+            held.released.set()  # before the pools wait for their threads, which may wait on the first
     return first_done, second_done
